@@ -1,0 +1,1 @@
+"""Cluster-link gateways: east-west TCP between clusters over mutual TLS."""

@@ -1,0 +1,162 @@
+"""One query in, one reply out: the transport-independent core of the server.
+
+Two caches make the common case cheap, both dropped whole when a new snapshot arrives:
+- ``exact_udp`` / ``exact_tcp`` map the query bytes after the ID to the reply bytes after
+  the ID. A repeated query costs one dict lookup; transports consult them first.
+- ``_prepared`` maps (name, type, class) to the encoded sections, so a query that differs
+  only in ID-independent details (letter case, EDNS size, flags) skips resolve and dnslib.
+Answers that depend on the client (policies that look at it) are never cached.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from ipaddress import ip_address
+
+from dnsserver.encode import Prepared, build_reply, prepare
+from dnsserver.transfer import axfr_messages, transfer_allowed
+from dnsserver.wire import (
+    FORMERR,
+    NOTIMP,
+    OPCODE_NOTIFY,
+    OPCODE_QUERY,
+    REFUSED,
+    SERVFAIL,
+    Drop,
+    ParsedQuery,
+    WireError,
+    header_only_reply,
+    parse_query,
+)
+from gslb.compile import zone_of
+from gslb.endpoint import Client
+from gslb.resolve import Answer, Query, resolve
+from gslb.snapshot import Snapshot
+
+log = logging.getLogger("gslb.dns")
+
+T_OPT, T_IXFR, T_AXFR, T_SOA = 41, 251, 252, 6
+META_TYPES = frozenset({T_OPT, 249, 250})  # OPT, TKEY, TSIG are not questions
+NOTAUTH = 9
+CACHE_LIMIT = 100_000
+
+
+class QueryHandler:
+    def __init__(self, snapshot: Snapshot, *, udp_size: int = 1232, cache_limit: int = CACHE_LIMIT) -> None:
+        self.udp_size = udp_size
+        self.cache_limit = cache_limit
+        self.rcodes: Counter[int] = Counter()
+        self.dropped = 0
+        self.errors = 0
+        self._last_error_log = 0.0
+        self.set_snapshot(snapshot)
+
+    def set_snapshot(self, snapshot: Snapshot) -> None:
+        """Swap in a new snapshot; queries already in flight finish on the old one."""
+        self.snapshot = snapshot
+        self.exact_udp: dict[bytes, bytes] = {}
+        self.exact_tcp: dict[bytes, bytes] = {}
+        self._prepared: dict[tuple[tuple[bytes, ...], int, int], Prepared] = {}
+
+    def handle(self, data: bytes, client: str) -> bytes | None:
+        """The reply to one UDP datagram, or None when it gets none. Never raises."""
+        reply = self._guarded(data, client, False)
+        assert not isinstance(reply, list)
+        return reply
+
+    def handle_stream(self, data: bytes, client: str) -> list[bytes]:
+        """Replies to one TCP message (a zone transfer needs several). Never raises."""
+        reply = self._guarded(data, client, True)
+        if reply is None:
+            return []
+        return reply if isinstance(reply, list) else [reply]
+
+    def _guarded(self, data: bytes, client: str, tcp: bool) -> bytes | list[bytes] | None:
+        try:
+            return self._handle(data, client, tcp)
+        except Exception:
+            self.errors += 1
+            now = time.monotonic()
+            if now - self._last_error_log > 10:
+                self._last_error_log = now
+                log.exception("internal error answering a query from %s; replying SERVFAIL", client)
+            if len(data) < 12:
+                return None
+            return header_only_reply(data, SERVFAIL, None, self.udp_size)
+
+    def _handle(self, data: bytes, client: str, tcp: bool) -> bytes | list[bytes] | None:
+        try:
+            query = parse_query(data)
+        except Drop:
+            self.dropped += 1
+            return None
+        except WireError as exc:
+            return self._rcode_only(data, exc.rcode, exc.query)
+        if query.opcode != OPCODE_QUERY:
+            return self._rcode_only(data, REFUSED if query.opcode == OPCODE_NOTIFY else NOTIMP, query)
+        if query.qtype in META_TYPES:
+            return self._rcode_only(data, FORMERR, query)
+        if query.qtype in (T_AXFR, T_IXFR):
+            return self._transfer(data, query, client) if tcp else self._udp_transfer(data, query, client)
+
+        key = (query.labels, query.qtype, query.qclass)
+        prepared = self._prepared.get(key)
+        cacheable = True
+        if prepared is None:
+            answer = resolve(self.snapshot, Query(query.qname, query.qtype, query.qclass),
+                             Client(ip_address(client.partition("%")[0])))
+            prepared = prepare(answer, query.labels, query.qtype, query.qclass)
+            cacheable = not answer.client_dependent
+            if cacheable:
+                if len(self._prepared) >= self.cache_limit:
+                    self._prepared.clear()
+                self._prepared[key] = prepared
+        if tcp:
+            max_size = None
+        else:
+            max_size = 512 if query.edns is None else min(query.edns.udp_size, self.udp_size)
+        reply = build_reply(prepared, query, max_size=max_size, udp_size=self.udp_size)
+        self.rcodes[prepared.flags & 0xF] += 1
+        if cacheable:
+            exact = self.exact_tcp if tcp else self.exact_udp
+            if len(exact) >= self.cache_limit:
+                exact.clear()
+            exact[data[2:]] = reply[2:]
+        return reply
+
+    def _rcode_only(self, data: bytes, rcode: int, query: ParsedQuery | None) -> bytes:
+        self.rcodes[rcode] += 1
+        return header_only_reply(data, rcode, query, self.udp_size)
+
+    def _udp_transfer(self, data: bytes, query: ParsedQuery, client: str) -> bytes:
+        """Over UDP an IXFR gets the current SOA (RFC 1995: 'the SOA alone means: use TCP');
+        an AXFR is not possible."""
+        zone = self.snapshot.zones.get(query.qname)
+        if zone is None:
+            return self._rcode_only(data, NOTAUTH, query)
+        if query.qtype == T_AXFR:
+            return self._rcode_only(data, NOTIMP, query)
+        if not transfer_allowed(zone, client):
+            return self._rcode_only(data, REFUSED, query)
+        reply = build_reply(
+            prepare(Answer(0, answer=zone.soa.rrs), query.labels, query.qtype, query.qclass),
+            query, max_size=512 if query.edns is None else min(query.edns.udp_size, self.udp_size),
+            udp_size=self.udp_size,
+        )
+        self.rcodes[0] += 1
+        return reply
+
+    def _transfer(self, data: bytes, query: ParsedQuery, client: str) -> list[bytes]:
+        zone = self.snapshot.zones.get(query.qname)
+        if zone is None:
+            rcode = NOTAUTH if zone_of(query.qname, self.snapshot.zones) else REFUSED
+            return [self._rcode_only(data, rcode, query)]
+        if not transfer_allowed(zone, client):
+            log.info("refused zone transfer of %s to %s", zone.apex, client)
+            return [self._rcode_only(data, REFUSED, query)]
+        log.info("zone transfer of %s to %s", zone.apex, client)
+        self.rcodes[0] += 1
+        return list(axfr_messages(zone, query))
+

@@ -1,0 +1,111 @@
+"""Binding and running the listeners: UDP and TCP on the same address and port."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass, field
+
+from dnsserver.handler import QueryHandler
+from dnsserver.tcp import TcpConnections, TcpProtocol
+from dnsserver.udp import UdpProtocol
+from gslb.errors import GslbError
+
+log = logging.getLogger("gslb.dns")
+UDP_BUFFER = 4 * 1024 * 1024
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass
+class ListenerSockets:
+    """A UDP and a TCP socket bound to the same address and port."""
+
+    host: str
+    port: int
+    udp: socket.socket
+    tcp: socket.socket
+
+    def close(self) -> None:
+        self.udp.close()
+        self.tcp.close()
+
+
+def bind_listener(host: str, port: int, *, reuse_port: bool = False, attempts: int = 20) -> ListenerSockets:
+    """Bind UDP then TCP on one port; with port 0, retry until both get the same free port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    last: OSError | None = None
+    for _ in range(attempts if port == 0 else 1):
+        udp = socket.socket(family, socket.SOCK_DGRAM)
+        tcp = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            for sock in (udp, tcp):
+                if reuse_port:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                try:
+                    udp.setsockopt(socket.SOL_SOCKET, opt, UDP_BUFFER)
+                except OSError:
+                    pass
+            udp.bind((host, port))
+            bound = udp.getsockname()[1]
+            tcp.bind((host, bound))
+            tcp.listen(1024)
+            udp.setblocking(False)
+            tcp.setblocking(False)
+            return ListenerSockets(host, bound, udp, tcp)
+        except OSError as exc:
+            udp.close()
+            tcp.close()
+            last = exc
+    raise GslbError(f"cannot listen for DNS on {format_address(host, port)}: {last}")
+
+
+@dataclass
+class DnsServer:
+    """The UDP and TCP listeners of one process, all answering through one handler."""
+
+    handler: QueryHandler
+    listeners: list[ListenerSockets]
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 1024
+    label: str = ""
+    _transports: list[asyncio.BaseTransport] = field(default_factory=list)
+    _servers: list[asyncio.Server] = field(default_factory=list)
+    connections: TcpConnections | None = None
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(lst.host, lst.port) for lst in self.listeners]
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.connections = TcpConnections(max_connections=self.tcp_max_connections,
+                                          idle_timeout=self.tcp_idle_timeout)
+        self.connections.start()
+        conns = self.connections
+        for lst in self.listeners:
+            transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self.handler), sock=lst.udp)
+            self._transports.append(transport)
+            log.info("listening dns/udp on %s%s", format_address(lst.host, lst.port), self.label)
+            server = await loop.create_server(lambda: TcpProtocol(self.handler, conns), sock=lst.tcp)
+            self._servers.append(server)
+            log.info("listening dns/tcp on %s%s", format_address(lst.host, lst.port), self.label)
+
+    async def stop(self) -> None:
+        for transport in self._transports:
+            transport.close()
+        for server in self._servers:
+            server.close()
+        if self.connections is not None:
+            self.connections.close_all()
+        for server in self._servers:
+            await server.wait_closed()
+        self._transports.clear()
+        self._servers.clear()

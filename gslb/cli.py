@@ -1,0 +1,158 @@
+"""``gslb serve | check``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from gslb.config import HostPort, LoadedConfig, load_config
+from gslb.errors import ConfigError, GslbError
+
+log = logging.getLogger("gslb")
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        return TypeAdapter(HostPort).validate_python(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gslb", description="Global server load balancer (authoritative DNS)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run one GSLB node")
+    serve.add_argument("-c", "--config", required=True, type=Path)
+    serve.add_argument("--dns", type=_hostport, action="append", metavar="HOST:PORT",
+                       help="DNS listen address (repeatable); overrides server.dns.listen")
+    serve.add_argument("--http", type=_hostport, metavar="HOST:PORT", help="overrides server.http.listen")
+    serve.add_argument("--no-http", action="store_true", help="do not start the HTTP API")
+    serve.add_argument("--redis", metavar="URL", help="shared state store (redis://, rediss://, unix://)")
+    serve.add_argument("--workers", type=int, help="DNS processes sharing the ports (SO_REUSEPORT)")
+
+    check = sub.add_parser("check", help="validate a config file")
+    check.add_argument("-c", "--config", required=True, type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "check":
+        return cmd_check(args.config)
+    return cmd_serve(args)
+
+
+def cmd_check(path: Path) -> int:
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        print(f"{exc.source}: invalid config, {len(exc.errors)} error(s)", file=sys.stderr)
+        for err in exc.errors:
+            print(f"  {err}", file=sys.stderr)
+        return 1
+    zones = loaded.compiled.zones
+    records = sum(len(rrset.rrs) for z in zones.values() for node in z.nodes.values() for rrset in node.values())
+    services = sum(len(z.services) for z in zones.values())
+    print(f"{path}: ok ({len(zones)} zone(s), {records} record(s), {len(loaded.config.sites)} site(s), "
+          f"{services} GSLB name(s))")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from dnsserver.server import bind_listener
+    from gslb.node import Node, install_signals
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    if args.redis:
+        log.error("--redis: the Redis state store is not part of this build yet; run without it "
+                  "(the in-memory store is the default)")
+        return 2
+    server = loaded.config.server
+    listen = args.dns or server.dns.listen
+    http = None if args.no_http else (args.http or server.http.listen)
+    workers = args.workers or server.dns.workers
+    try:
+        listeners = [bind_listener(host, port, reuse_port=workers > 1) for host, port in listen]
+    except GslbError as exc:
+        log.error("%s", exc)
+        return 2
+
+    children: list[int] = []
+    worker = 0
+    for index in range(1, workers):
+        pid = os.fork()
+        if pid == 0:
+            worker = index
+            children = []
+            own = [bind_listener(lst.host, lst.port, reuse_port=True) for lst in listeners]
+            for lst in listeners:
+                lst.close()
+            listeners = own
+            http = None
+            break
+        children.append(pid)
+
+    label = f" (worker {worker})" if workers > 1 else ""
+
+    async def run() -> None:
+        node = Node(args.config, loaded, label=label)
+        stop = asyncio.Event()
+        install_signals(node, stop)
+        if children:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGHUP, lambda: _forward(children, signal.SIGHUP, node))
+        await node.run(listeners, http, stop)
+
+    _use_uvloop()
+    try:
+        asyncio.run(run())
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for pid in children:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+    if worker:
+        os._exit(0)
+    return 0
+
+
+def _forward(children: list[int], sig: signal.Signals, node: object) -> None:
+    for pid in children:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    asyncio.get_running_loop().create_task(node.reload())  # type: ignore[attr-defined]
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Turn a validated config into lookup tables, finding the errors that need the whole tree.
+
+The output (``CompiledConfig``) is immutable and independent of runtime state: snapshots
+combine it with health and overrides. Every error carries the config path it came from.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Network
+
+from dnslib import AAAA, CAA, CNAME, MX, NS, QTYPE, RR, SOA, SRV, TXT, A, DNSLabel
+
+from gslb.config import (
+    AAAARecord,
+    ARecord,
+    CaaRecord,
+    CnameRecord,
+    GslbConfig,
+    MxRecord,
+    NsRecord,
+    SiteConfig,
+    SrvRecord,
+    TxtRecord,
+    ZoneConfig,
+)
+from gslb.endpoint import Endpoint
+from gslb.errors import FieldError
+from gslb.names import is_subdomain, parent_names, qualify
+from gslb.policies import Policy, make_policy
+
+Path = tuple[str | int, ...]
+TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA, TYPE_AAAA = QTYPE.A, QTYPE.NS, QTYPE.CNAME, QTYPE.SOA, QTYPE.AAAA
+
+
+@dataclass(frozen=True, slots=True)
+class RRset:
+    """Records of one owner and type; they share one TTL."""
+
+    rtype: int
+    ttl: int
+    rrs: tuple[RR, ...]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A GSLB name as configured: its endpoints in config order and the policy choosing among them."""
+
+    name: str
+    ttl: int
+    answers: int | None
+    policy: Policy
+    endpoints: tuple[Endpoint, ...]
+    enabled: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ZoneData:
+    apex: str
+    nodes: Mapping[str, Mapping[int, RRset]]
+    names: frozenset[str]
+    cuts: frozenset[str]
+    soa: RRset
+    negative_soa: RR
+    allow_transfer: tuple[IPv4Network | IPv6Network, ...]
+    services: Mapping[str, ServiceSpec] = field(default_factory=dict)
+    ttl: int = 300
+
+
+@dataclass(frozen=True)
+class CompiledConfig:
+    zones: Mapping[str, ZoneData]
+    sites: Mapping[str, SiteConfig]
+
+
+def zone_of(name: str, apexes: Mapping[str, object]) -> str | None:
+    """The most specific served zone holding ``name``."""
+    candidate = name
+    while True:
+        if candidate in apexes:
+            return candidate
+        if not candidate:
+            return None
+        _, _, candidate = candidate.partition(".")
+
+
+def _label(name: str) -> DNSLabel:
+    return DNSLabel(name + ".") if name else DNSLabel(".")
+
+
+def _txt_strings(texts: list[str]) -> list[bytes]:
+    out = []
+    for text in texts:
+        raw = text.encode()
+        out.extend(raw[i : i + 255] for i in range(0, len(raw), 255)) if raw else out.append(b"")
+    return out
+
+
+def _rdata(record: object) -> object:
+    if isinstance(record, ARecord):
+        return A(str(record.address))
+    if isinstance(record, AAAARecord):
+        return AAAA(str(record.address))
+    if isinstance(record, CnameRecord):
+        return CNAME(_label(record.target))
+    if isinstance(record, NsRecord):
+        return NS(_label(record.target))
+    if isinstance(record, MxRecord):
+        return MX(_label(record.exchange), record.preference)
+    if isinstance(record, TxtRecord):
+        return TXT(_txt_strings(record.text))
+    if isinstance(record, SrvRecord):
+        return SRV(record.priority, record.weight, record.port, _label(record.target))
+    if isinstance(record, CaaRecord):
+        return CAA(record.flags, record.tag, record.value)
+    raise TypeError(f"no rdata for {type(record).__name__}")
+
+
+def _rname(text: str, apex: str) -> str:
+    if "@" in text:
+        local, _, domain = text.partition("@")
+        return f"{local}.{domain}".lower().rstrip(".")
+    text = text.lower().rstrip(".")
+    return text if "." in text else f"{text}.{apex}"
+
+
+@dataclass
+class _Pending:
+    """One record on its way into an RRset, with the config path it came from."""
+
+    path: Path
+    owner: str
+    rtype: int
+    ttl: int
+    rdata: object
+    explicit_ttl: bool
+
+
+def _compile_zone(
+    apex: str, zone: ZoneConfig, apexes: Mapping[str, object], serial: int, errors: list[FieldError]
+) -> tuple[dict[str, dict[int, list[_Pending]]], RRset, RR]:
+    base: Path = ("zones", apex)
+    pending: list[_Pending] = []
+
+    ns_rdatas = []
+    for i, ns in enumerate(zone.nameservers):
+        ns_rdatas.append(NS(_label(ns.name)))
+        inside = is_subdomain(ns.name, apex)
+        if inside and not ns.addresses:
+            errors.append(
+                FieldError(base + ("nameservers", i, "addresses"),
+                           f"nameserver {ns.name} is inside the zone and needs glue addresses")
+            )
+        if not inside and ns.addresses:
+            errors.append(
+                FieldError(base + ("nameservers", i, "addresses"),
+                           f"glue addresses are only for nameservers inside {apex}; {ns.name} is not")
+            )
+        for j, addr in enumerate(ns.addresses):
+            rtype = TYPE_A if isinstance(addr, IPv4Address) else TYPE_AAAA
+            rdata = A(str(addr)) if rtype == TYPE_A else AAAA(str(addr))
+            pending.append(_Pending(base + ("nameservers", i, "addresses", j), ns.name, rtype, zone.ttl, rdata, True))
+    for ns_rdata in ns_rdatas:
+        pending.append(_Pending(base + ("nameservers",), apex, TYPE_NS, zone.ttl, ns_rdata, True))
+
+    for i, record in enumerate(zone.records):
+        path = base + ("records", i)
+        try:
+            owner = qualify(record.name, apex)
+        except ValueError as exc:
+            errors.append(FieldError(path + ("name",), str(exc)))
+            continue
+        home = zone_of(owner, apexes)
+        if home != apex:
+            where = f"it belongs to zone {home}" if home else "no zone served here holds it"
+            errors.append(FieldError(path + ("name",), f"{owner} is outside zone {apex}: {where}"))
+            continue
+        rtype = getattr(QTYPE, record.type)
+        if rtype == TYPE_NS and owner == apex:
+            errors.append(FieldError(path + ("type",), "apex NS records come from the zone's 'nameservers' list"))
+            continue
+        if rtype == TYPE_CNAME and owner == apex:
+            errors.append(FieldError(path + ("type",), "a CNAME cannot be at the zone apex (it holds SOA and NS)"))
+            continue
+        ttl = record.ttl if record.ttl is not None else zone.ttl
+        pending.append(_Pending(path, owner, rtype, ttl, _rdata(record), record.ttl is not None))
+
+    tree: dict[str, dict[int, list[_Pending]]] = defaultdict(lambda: defaultdict(list))
+    for item in pending:
+        same = tree[item.owner][item.rtype]
+        for other in same:
+            if other.rdata == item.rdata:
+                errors.append(FieldError(item.path, f"duplicate {QTYPE[item.rtype]} record at {item.owner} "
+                                                    f"(also at {_fmt(other.path)})"))
+                break
+            if other.ttl != item.ttl:
+                errors.append(FieldError(item.path + ("ttl",),
+                                         f"TTL {item.ttl} differs from {other.ttl} of the other "
+                                         f"{QTYPE[item.rtype]} records at {item.owner}; an RRset has one TTL"))
+                break
+        else:
+            same.append(item)
+
+    for owner, types in tree.items():
+        if TYPE_CNAME in types:
+            cnames = types[TYPE_CNAME]
+            if len(cnames) > 1:
+                errors.append(FieldError(cnames[1].path, f"{owner} has more than one CNAME"))
+            others = [t for t in types if t != TYPE_CNAME]
+            if others:
+                errors.append(FieldError(cnames[0].path,
+                                         f"CNAME at {owner} cannot coexist with other data "
+                                         f"({', '.join(QTYPE[t] for t in others)})"))
+
+    cuts = {owner for owner, types in tree.items() if owner != apex and TYPE_NS in types}
+    for owner, types in tree.items():
+        for cut in cuts:
+            if owner == cut:
+                for rtype, items in types.items():
+                    if rtype != TYPE_NS:
+                        errors.append(FieldError(items[0].path,
+                                                 f"only NS records may sit at the delegation point {cut}"))
+            elif is_subdomain(owner, cut):
+                for rtype, items in types.items():
+                    if rtype not in (TYPE_A, TYPE_AAAA):
+                        errors.append(FieldError(items[0].path,
+                                                 f"{owner} is below the delegation point {cut}; only glue "
+                                                 "addresses (A/AAAA) may be there"))
+
+    mname = zone.soa.mname or zone.nameservers[0].name
+    minimum = zone.negative_ttl
+    soa_ttl = zone.soa.ttl if zone.soa.ttl is not None else zone.ttl
+    soa_rdata = SOA(_label(mname), _label(_rname(zone.soa.rname, apex)),
+                    (zone.soa.serial or serial, zone.soa.refresh, zone.soa.retry, zone.soa.expire, minimum))
+    soa = RRset(TYPE_SOA, soa_ttl, (RR(_label(apex), TYPE_SOA, ttl=soa_ttl, rdata=soa_rdata),))
+    negative_soa = RR(_label(apex), TYPE_SOA, ttl=min(soa_ttl, minimum), rdata=soa_rdata)
+    return tree, soa, negative_soa
+
+
+def _fmt(path: Path) -> str:
+    from gslb.errors import format_path
+
+    return format_path(path)
+
+
+def _compile_service(
+    name: str, config: GslbConfig, errors: list[FieldError]
+) -> ServiceSpec | None:
+    svc = config.services[name]
+    path: Path = ("services", name)
+    seen: dict[str, int] = {}
+    endpoints = []
+    ok = True
+    for i, ep in enumerate(svc.endpoints):
+        if ep.site not in config.sites:
+            known = ", ".join(sorted(config.sites)) or "none defined"
+            errors.append(FieldError(path + ("endpoints", i, "site"), f"unknown site {ep.site!r} (sites: {known})"))
+            ok = False
+        if ep.id in seen:
+            errors.append(FieldError(path + ("endpoints", i), f"endpoint id {ep.id!r} repeats endpoints[{seen[ep.id]}]"))
+            ok = False
+        seen[ep.id] = i
+        endpoints.append(Endpoint(ep.id, ep.site, ep.ipv4, ep.ipv6, ep.cname, ep.weight))
+    if not ok:
+        return None
+    enabled = frozenset(ep.id for ep in svc.endpoints if ep.enabled)
+    return ServiceSpec(name, svc.ttl, svc.answers, make_policy(svc.policy), tuple(endpoints), enabled)
+
+
+def compile_config(config: GslbConfig, *, serial: int | None = None) -> tuple[CompiledConfig, list[FieldError]]:
+    errors: list[FieldError] = []
+    serial = serial or int(time.time())
+    apexes = dict.fromkeys(config.zones)
+    trees = {}
+    for apex, zone in config.zones.items():
+        trees[apex] = _compile_zone(apex, zone, apexes, serial, errors)
+
+    services: dict[str, dict[str, ServiceSpec]] = defaultdict(dict)
+    for name in config.services:
+        path: Path = ("services", name)
+        apex = zone_of(name, apexes)
+        if apex is None:
+            errors.append(FieldError(path, f"{name} is not inside any zone served here ({', '.join(config.zones)})"))
+            continue
+        tree = trees[apex][0]
+        clash = [QTYPE[t] for t in (TYPE_A, TYPE_AAAA, TYPE_CNAME) if t in tree.get(name, {})]
+        if clash:
+            errors.append(FieldError(path, f"{name} is a GSLB name and also has static {', '.join(clash)} records"))
+        cut = next((c for owner, types in tree.items() if owner != apex and TYPE_NS in types
+                    for c in [owner] if is_subdomain(name, c)), None)
+        if cut:
+            errors.append(FieldError(path, f"{name} is at or below the delegation point {cut}"))
+        if name == apex and any(ep.cname for ep in config.services[name].endpoints):
+            errors.append(FieldError(path + ("endpoints",), "a GSLB name at the zone apex cannot answer CNAME"))
+        spec = _compile_service(name, config, errors)
+        if spec is not None:
+            services[apex][name] = spec
+
+    zones = {}
+    for apex, zone in config.zones.items():
+        tree, soa, negative_soa = trees[apex]
+        nodes: dict[str, dict[int, RRset]] = {}
+        for owner, types in tree.items():
+            nodes[owner] = {
+                rtype: RRset(rtype, items[0].ttl,
+                             tuple(RR(_label(owner), rtype, ttl=items[0].ttl, rdata=it.rdata) for it in items))
+                for rtype, items in types.items()
+            }
+        nodes.setdefault(apex, {})[TYPE_SOA] = soa
+        names = set(nodes) | set(services[apex])
+        for name in list(names):
+            names.update(parent_names(name, apex))
+        cuts = frozenset(o for o, types in nodes.items() if o != apex and TYPE_NS in types)
+        zones[apex] = ZoneData(apex, nodes, frozenset(names), cuts, soa, negative_soa,
+                               tuple(zone.allow_transfer), services[apex], zone.ttl)
+    return CompiledConfig(zones, dict(config.sites)), errors

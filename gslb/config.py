@@ -1,0 +1,382 @@
+"""The site config: pydantic models, YAML loading, and errors located by field path and line.
+
+Every problem is reported at once as ``path.to.field: message (line N)``; nothing is
+checked later at query time. Semantic checks that need the whole zone tree (duplicates,
+CNAME conflicts, out-of-zone names, unknown sites) live in ``gslb.compile``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from gslb.errors import ConfigError, FieldError
+from gslb.names import normalize_name
+from gslb.policies import POLICIES, PolicyConfig
+
+TTL_MAX = 2**31 - 1
+
+DomainName = Annotated[str, AfterValidator(normalize_name)]
+Ttl = Annotated[int, Field(ge=0, le=TTL_MAX)]
+
+
+def _parse_hostport(value: Any) -> Any:
+    """``127.0.0.1:53``, ``[::1]:53`` or ``:53`` (all IPv4 addresses) to ``(host, port)``."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"expected [IPv6]:PORT, got {value!r}")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        host = host or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address (listen on addresses, not host names)") from None
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"port must be 0-65535, got {port!r}")
+    return (host, int(port))
+
+
+HostPort = Annotated[tuple[str, int], BeforeValidator(_parse_hostport)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- server
+
+
+class DnsListenerConfig(Strict):
+    listen: list[HostPort] = Field(default_factory=lambda: [("127.0.0.1", 5353)], min_length=1)
+    edns_udp_size: int = Field(1232, ge=512, le=4096, description="largest UDP reply we send")
+    tcp_idle_timeout: float = Field(10.0, gt=0, le=3600)
+    tcp_max_connections: int = Field(1024, ge=1, le=1_000_000)
+    workers: int = Field(1, ge=1, le=256, description="processes sharing the ports (SO_REUSEPORT)")
+
+
+class HttpListenerConfig(Strict):
+    listen: HostPort | None = ("127.0.0.1", 8053)
+
+
+class ServerConfig(Strict):
+    dns: DnsListenerConfig = Field(default_factory=DnsListenerConfig)
+    http: HttpListenerConfig = Field(default_factory=HttpListenerConfig)
+
+
+# --------------------------------------------------------------------------- zones
+
+
+class SoaConfig(Strict):
+    mname: DomainName | None = Field(None, description="primary master; default: the first nameserver")
+    rname: str = Field("hostmaster", description="responsible mailbox, 'user@domain' or dotted")
+    serial: int | None = Field(None, ge=1, le=2**32 - 1, description="default: time of loading")
+    refresh: Ttl = 3600
+    retry: Ttl = 900
+    expire: Ttl = 1209600
+    ttl: Ttl | None = Field(None, description="TTL of the SOA record itself; default: the zone ttl")
+
+
+class NameServerConfig(Strict):
+    name: DomainName
+    addresses: list[IPv4Address | IPv6Address] = Field(default_factory=list)
+
+
+class _RecordBase(Strict):
+    name: str = Field(description="'@', a name relative to the zone, or an absolute name")
+    ttl: Ttl | None = None
+
+
+class ARecord(_RecordBase):
+    type: Literal["A"]
+    address: IPv4Address
+
+
+class AAAARecord(_RecordBase):
+    type: Literal["AAAA"]
+    address: IPv6Address
+
+
+class CnameRecord(_RecordBase):
+    type: Literal["CNAME"]
+    target: DomainName
+
+
+class NsRecord(_RecordBase):
+    type: Literal["NS"]
+    target: DomainName
+
+
+class MxRecord(_RecordBase):
+    type: Literal["MX"]
+    preference: int = Field(ge=0, le=65535)
+    exchange: DomainName
+
+
+def _text_chunks(value: Any) -> Any:
+    """TXT data: one string or a list; each string may be long and is split into 255-byte
+    character-strings on the wire."""
+    return [value] if isinstance(value, str) else value
+
+
+class TxtRecord(_RecordBase):
+    type: Literal["TXT"]
+    text: Annotated[list[Annotated[str, Field(max_length=4000)]], BeforeValidator(_text_chunks)] = Field(
+        min_length=1
+    )
+
+
+class SrvRecord(_RecordBase):
+    type: Literal["SRV"]
+    priority: int = Field(ge=0, le=65535)
+    weight: int = Field(ge=0, le=65535)
+    port: int = Field(ge=0, le=65535)
+    target: DomainName
+
+
+class CaaRecord(_RecordBase):
+    type: Literal["CAA"]
+    flags: int = Field(0, ge=0, le=255)
+    tag: str = Field(pattern=r"^[A-Za-z0-9]{1,15}$")
+    value: str = Field(max_length=1000)
+
+
+Record = Annotated[
+    Union[ARecord, AAAARecord, CnameRecord, NsRecord, MxRecord, TxtRecord, SrvRecord, CaaRecord],
+    Field(discriminator="type"),
+]
+RECORD_TYPES = ("A", "AAAA", "CNAME", "NS", "MX", "TXT", "SRV", "CAA")
+
+
+class ZoneConfig(Strict):
+    ttl: Ttl = Field(300, description="default TTL of records")
+    negative_ttl: Ttl = Field(60, description="SOA minimum: how long resolvers cache NXDOMAIN/NODATA")
+    soa: SoaConfig = Field(default_factory=SoaConfig)
+    nameservers: list[NameServerConfig] = Field(min_length=1)
+    records: list[Record] = Field(default_factory=list)
+    allow_transfer: list[IPv4Network | IPv6Network] = Field(
+        default_factory=list, description="clients allowed AXFR/IXFR over TCP; none by default"
+    )
+
+
+# --------------------------------------------------------------------------- sites and services
+
+
+class SiteConfig(Strict):
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    country: str = Field(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")
+    continent: Literal["AF", "AN", "AS", "EU", "NA", "OC", "SA"]
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class EndpointConfig(Strict):
+    site: str
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$", description="id; default derived")
+    ipv4: IPv4Address | None = None
+    ipv6: IPv6Address | None = None
+    cname: DomainName | None = Field(None, description="answer a CNAME to this name (cloud LB hostname)")
+    weight: int = Field(1, ge=0, le=1_000_000)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> EndpointConfig:
+        has_addr = self.ipv4 is not None or self.ipv6 is not None
+        if has_addr == (self.cname is not None):
+            raise ValueError("an endpoint has ipv4 and/or ipv6, or a cname, and not both")
+        return self
+
+    @property
+    def id(self) -> str:
+        if self.name:
+            return self.name
+        return f"{self.site}/{self.ipv4 or self.ipv6 or self.cname}"
+
+
+def _policy_field() -> Any:
+    models = tuple(cls.config_model for cls in POLICIES.values())
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[models], Field(discriminator="type")]  # type: ignore[valid-type]
+
+
+PolicyField = _policy_field()
+
+
+class ServiceConfig(Strict):
+    ttl: Ttl = 30
+    answers: int | None = Field(None, ge=1, le=64, description="at most this many endpoints per answer")
+    policy: PolicyField = Field(default_factory=lambda: POLICIES["all"].config_model(type="all"))
+    endpoints: list[EndpointConfig] = Field(min_length=1)
+
+
+class GslbConfig(Strict):
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    zones: dict[DomainName, ZoneConfig] = Field(min_length=1)
+    sites: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")], SiteConfig] = Field(
+        default_factory=dict
+    )
+    services: dict[DomainName, ServiceConfig] = Field(default_factory=dict)
+
+    @property
+    def policy_config(self) -> dict[str, PolicyConfig]:
+        return {name: svc.policy for name, svc in self.services.items()}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class YamlDocument:
+    """Parsed YAML plus where each key and item stood, for error messages."""
+
+    data: Any
+    lines: dict[tuple[str | int, ...], int]
+    duplicates: list[FieldError]
+
+
+def parse_yaml(text: str) -> YamlDocument:
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return YamlDocument(None, {}, [])
+        lines: dict[tuple[str | int, ...], int] = {}
+        duplicates: list[FieldError] = []
+        _walk(node, (), lines, duplicates)
+        data = loader.construct_document(node)
+    finally:
+        loader.dispose()
+    return YamlDocument(data, lines, duplicates)
+
+
+def _walk(
+    node: yaml.Node,
+    path: tuple[str | int, ...],
+    lines: dict[tuple[str | int, ...], int],
+    duplicates: list[FieldError],
+) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            norm = key.lower().rstrip(".")
+            if norm in seen:
+                duplicates.append(
+                    FieldError(path + (key,), f"duplicate key (first defined on line {seen[norm]})", line)
+                )
+            else:
+                seen[norm] = line
+            lines[path + (key,)] = line
+            _walk(value_node, path + (key,), lines, duplicates)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[path + (i,)] = item.start_mark.line + 1
+            _walk(item, path + (i,), lines, duplicates)
+
+
+_UNION_TAGS = set(RECORD_TYPES) | set(POLICIES)
+
+
+def _clean_loc(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> tuple[str | int, ...]:
+    """Drop pydantic's union tags and key markers so the path matches the YAML."""
+    out: tuple[str | int, ...] = ()
+    for part in loc:
+        if part == "[key]":
+            continue
+        if isinstance(part, str) and part in _UNION_TAGS and out + (part,) not in lines:
+            continue
+        if isinstance(part, str) and part.startswith(("function-", "json-or-python")):
+            continue
+        out += (part,)
+    return out
+
+
+def line_of(path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int | None:
+    """The YAML line of ``path``, or of its nearest ancestor that appears in the file."""
+    for end in range(len(path), 0, -1):
+        line = lines.get(path[:end])
+        if line is not None:
+            return line
+    return None
+
+
+def _pydantic_errors(exc: ValidationError, doc: YamlDocument) -> list[FieldError]:
+    errors = []
+    for err in exc.errors(include_url=False):
+        path = _clean_loc(tuple(err["loc"]), doc.lines)
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        errors.append(FieldError(path, message, line_of(path, doc.lines)))
+    return errors
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config with its compiled zone tables, ready to build snapshots from."""
+
+    source: str
+    config: GslbConfig
+    compiled: Any  # gslb.compile.CompiledConfig (imported lazily to keep this module light)
+
+
+def load_config_text(text: str, source: str = "<config>", *, serial: int | None = None) -> LoadedConfig:
+    """Parse, validate and compile a config; raise ``ConfigError`` listing every problem."""
+    from gslb.compile import compile_config
+
+    try:
+        doc = parse_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(source, [FieldError((), f"invalid YAML: {problem}", line)]) from None
+    if not isinstance(doc.data, dict):
+        raise ConfigError(source, [FieldError((), "the config must be a YAML mapping", 1)])
+    errors = list(doc.duplicates)
+    try:
+        config = GslbConfig.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigError(source, errors + _pydantic_errors(exc, doc)) from None
+    compiled, semantic = compile_config(config, serial=serial)
+    errors += [FieldError(e.path, e.message, line_of(e.path, doc.lines)) for e in semantic]
+    if errors:
+        raise ConfigError(source, errors)
+    return LoadedConfig(source, config, compiled)
+
+
+def load_config(path: str | Path, *, serial: int | None = None) -> LoadedConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [FieldError((), f"cannot read config: {exc.strerror}")]) from None
+    return load_config_text(text, str(path), serial=serial)
+
+
+def iter_errors(exc: ConfigError) -> Iterator[str]:
+    for err in exc.errors:
+        yield str(err)

@@ -1,0 +1,103 @@
+"""One GSLB node in one process: config, snapshot, DNS listeners, HTTP API, reloads.
+
+Lifecycles are async context managers composed in ``run``; every listener logs the
+address it really bound, so port 0 works in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from dnsserver.handler import QueryHandler
+from dnsserver.server import DnsServer, ListenerSockets, format_address
+from gslb.config import LoadedConfig, load_config
+from gslb.errors import ConfigError
+from gslb.snapshot import Snapshot, build_snapshot
+
+log = logging.getLogger("gslb")
+
+
+class Node:
+    def __init__(self, path: Path, loaded: LoadedConfig, *, label: str = "") -> None:
+        self.path = path
+        self.loaded = loaded
+        self.label = label
+        self.snapshot: Snapshot = build_snapshot(loaded.compiled)
+        self.handler = QueryHandler(self.snapshot, udp_size=loaded.config.server.dns.edns_udp_size)
+        self.dns: DnsServer | None = None
+        self.http_address: tuple[str, int] | None = None
+        self.reloads = 0
+        self.started = time.time()
+
+    def status(self) -> dict[str, Any]:
+        serials = {apex: zone.soa.rrs[0].rdata.times[0] for apex, zone in self.snapshot.zones.items()}
+        return {
+            "ready": self.dns is not None,
+            "config": str(self.path),
+            "generation": self.snapshot.generation,
+            "serials": serials,
+            "reloads": self.reloads,
+            "dns": [format_address(h, p) for h, p in (self.dns.addresses if self.dns else [])],
+        }
+
+    def _serial(self) -> int:
+        previous = max((z.soa.rrs[0].rdata.times[0] for z in self.snapshot.zones.values()), default=0)
+        return max(int(time.time()), previous + 1)
+
+    async def reload(self) -> list[str]:
+        """Load the config file again; a bad one is logged and the old one keeps serving."""
+        loop = asyncio.get_running_loop()
+        try:
+            loaded = await loop.run_in_executor(None, lambda: load_config(self.path, serial=self._serial()))
+        except ConfigError as exc:
+            log.error("config reload rejected; still serving the previous config%s\n%s", self.label, exc)
+            return [str(e) for e in exc.errors]
+        if loaded.config.server != self.loaded.config.server:
+            log.warning("config reload: changes under 'server' take effect at the next restart")
+        self.loaded = loaded
+        self.snapshot = build_snapshot(loaded.compiled)
+        self.handler.set_snapshot(self.snapshot)
+        self.reloads += 1
+        log.info("config reloaded%s: %d zone(s), %d GSLB name(s), generation %d", self.label,
+                 len(self.snapshot.zones), len(self.snapshot.services), self.snapshot.generation)
+        return []
+
+    async def run(self, listeners: list[ListenerSockets], http: tuple[str, int] | None,
+                  stop: asyncio.Event) -> None:
+        dns = self.loaded.config.server.dns
+        async with AsyncExitStack() as stack:
+            server = DnsServer(self.handler, listeners, tcp_idle_timeout=dns.tcp_idle_timeout,
+                               tcp_max_connections=dns.tcp_max_connections, label=self.label)
+            await server.start()
+            stack.push_async_callback(server.stop)
+            self.dns = server
+            if http is not None:
+                from gslb.api.app import make_app
+
+                runner = web.AppRunner(make_app(self), access_log=None)
+                await runner.setup()
+                stack.push_async_callback(runner.cleanup)
+                site = web.TCPSite(runner, http[0], http[1])
+                await site.start()
+                sock = site._server.sockets[0]  # type: ignore[union-attr]
+                self.http_address = sock.getsockname()[:2]
+                log.info("listening http on %s%s", format_address(*self.http_address), self.label)
+            log.info("gslb node ready%s: %d zone(s), %d GSLB name(s)", self.label,
+                     len(self.snapshot.zones), len(self.snapshot.services))
+            await stop.wait()
+            log.info("shutting down%s", self.label)
+
+
+def install_signals(node: Node, stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(node.reload()))

@@ -1,0 +1,31 @@
+"""``all``: answer with every usable endpoint, in config order.
+
+```yaml
+policy: {type: all}
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from gslb.endpoint import Client, Endpoint
+from gslb.policies.base import Policy, PolicyConfig, register
+
+
+class AllConfig(PolicyConfig):
+    type: Literal["all"] = "all"
+
+
+@register
+class AllPolicy(Policy):
+    name = "all"
+    config_model = AllConfig
+
+    def select(self, candidates: Sequence[Endpoint], client: Client) -> Sequence[Endpoint]:
+        return candidates
+
+    @property
+    def depends_on_client(self) -> bool:
+        return False
