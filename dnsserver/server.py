@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -49,10 +50,8 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = False, attempts: i
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                try:
+                with contextlib.suppress(OSError):  # capped by net.core.*mem_max; best effort
                     udp.setsockopt(socket.SOL_SOCKET, opt, UDP_BUFFER)
-                except OSError:
-                    pass
             udp.bind((host, port))
             bound = udp.getsockname()[1]
             tcp.bind((host, bound))

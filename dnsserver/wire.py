@@ -69,7 +69,7 @@ _PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_*")
 
 def read_question_name(data: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
     """Labels of an uncompressed name (a question never needs a pointer) and the offset after it."""
-    labels = []
+    labels: list[bytes] = []
     total = 1
     end = len(data)
     while True:

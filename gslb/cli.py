@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
-from gslb.config import HostPort, LoadedConfig, load_config
+from gslb.config import HostPort, load_config
 from gslb.errors import ConfigError, GslbError
 
 log = logging.getLogger("gslb")
@@ -123,15 +124,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(run())
     finally:
         for pid in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
         for pid in children:
-            try:
+            with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
     if worker:
         os._exit(0)
     return 0
@@ -139,10 +136,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _forward(children: list[int], sig: signal.Signals, node: object) -> None:
     for pid in children:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
     asyncio.get_running_loop().create_task(node.reload())  # type: ignore[attr-defined]
 
 

@@ -28,7 +28,7 @@ from gslb.config import (
     ZoneConfig,
 )
 from gslb.endpoint import Endpoint
-from gslb.errors import FieldError
+from gslb.errors import FieldError, format_path
 from gslb.names import is_subdomain, parent_names, qualify
 from gslb.policies import Policy, make_policy
 
@@ -92,10 +92,10 @@ def _label(name: str) -> DNSLabel:
 
 
 def _txt_strings(texts: list[str]) -> list[bytes]:
-    out = []
+    out: list[bytes] = []
     for text in texts:
         raw = text.encode()
-        out.extend(raw[i : i + 255] for i in range(0, len(raw), 255)) if raw else out.append(b"")
+        out.extend([raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""])
     return out
 
 
@@ -194,7 +194,7 @@ def _compile_zone(
         for other in same:
             if other.rdata == item.rdata:
                 errors.append(FieldError(item.path, f"duplicate {QTYPE[item.rtype]} record at {item.owner} "
-                                                    f"(also at {_fmt(other.path)})"))
+                                                    f"(also at {format_path(other.path)})"))
                 break
             if other.ttl != item.ttl:
                 errors.append(FieldError(item.path + ("ttl",),
@@ -240,12 +240,6 @@ def _compile_zone(
     return tree, soa, negative_soa
 
 
-def _fmt(path: Path) -> str:
-    from gslb.errors import format_path
-
-    return format_path(path)
-
-
 def _compile_service(
     name: str, config: GslbConfig, errors: list[FieldError]
 ) -> ServiceSpec | None:
@@ -260,7 +254,8 @@ def _compile_service(
             errors.append(FieldError(path + ("endpoints", i, "site"), f"unknown site {ep.site!r} (sites: {known})"))
             ok = False
         if ep.id in seen:
-            errors.append(FieldError(path + ("endpoints", i), f"endpoint id {ep.id!r} repeats endpoints[{seen[ep.id]}]"))
+            errors.append(FieldError(path + ("endpoints", i),
+                                     f"endpoint id {ep.id!r} repeats endpoints[{seen[ep.id]}]"))
             ok = False
         seen[ep.id] = i
         endpoints.append(Endpoint(ep.id, ep.site, ep.ipv4, ep.ipv6, ep.cname, ep.weight))
@@ -281,23 +276,23 @@ def compile_config(config: GslbConfig, *, serial: int | None = None) -> tuple[Co
     services: dict[str, dict[str, ServiceSpec]] = defaultdict(dict)
     for name in config.services:
         path: Path = ("services", name)
-        apex = zone_of(name, apexes)
-        if apex is None:
+        home = zone_of(name, apexes)
+        if home is None:
             errors.append(FieldError(path, f"{name} is not inside any zone served here ({', '.join(config.zones)})"))
             continue
-        tree = trees[apex][0]
+        tree = trees[home][0]
         clash = [QTYPE[t] for t in (TYPE_A, TYPE_AAAA, TYPE_CNAME) if t in tree.get(name, {})]
         if clash:
             errors.append(FieldError(path, f"{name} is a GSLB name and also has static {', '.join(clash)} records"))
-        cut = next((c for owner, types in tree.items() if owner != apex and TYPE_NS in types
+        cut = next((c for owner, types in tree.items() if owner != home and TYPE_NS in types
                     for c in [owner] if is_subdomain(name, c)), None)
         if cut:
             errors.append(FieldError(path, f"{name} is at or below the delegation point {cut}"))
-        if name == apex and any(ep.cname for ep in config.services[name].endpoints):
+        if name == home and any(ep.cname for ep in config.services[name].endpoints):
             errors.append(FieldError(path + ("endpoints",), "a GSLB name at the zone apex cannot answer CNAME"))
         spec = _compile_service(name, config, errors)
         if spec is not None:
-            services[apex][name] = spec
+            services[home][name] = spec
 
     zones = {}
     for apex, zone in config.zones.items():

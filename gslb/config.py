@@ -7,12 +7,13 @@ CNAME conflicts, out-of-zone names, unknown sites) live in ``gslb.compile``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Iterator
+import operator
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,7 +28,7 @@ from pydantic import (
 
 from gslb.errors import ConfigError, FieldError
 from gslb.names import normalize_name
-from gslb.policies import POLICIES, PolicyConfig
+from gslb.policies import POLICIES
 
 TTL_MAX = 2**31 - 1
 
@@ -81,8 +82,8 @@ class HttpListenerConfig(Strict):
 
 
 class ServerConfig(Strict):
-    dns: DnsListenerConfig = Field(default_factory=DnsListenerConfig)
-    http: HttpListenerConfig = Field(default_factory=HttpListenerConfig)
+    dns: DnsListenerConfig = Field(default_factory=lambda: DnsListenerConfig())
+    http: HttpListenerConfig = Field(default_factory=lambda: HttpListenerConfig())
 
 
 # --------------------------------------------------------------------------- zones
@@ -163,7 +164,7 @@ class CaaRecord(_RecordBase):
 
 
 Record = Annotated[
-    Union[ARecord, AAAARecord, CnameRecord, NsRecord, MxRecord, TxtRecord, SrvRecord, CaaRecord],
+    ARecord | AAAARecord | CnameRecord | NsRecord | MxRecord | TxtRecord | SrvRecord | CaaRecord,
     Field(discriminator="type"),
 ]
 RECORD_TYPES = ("A", "AAAA", "CNAME", "NS", "MX", "TXT", "SRV", "CAA")
@@ -172,7 +173,7 @@ RECORD_TYPES = ("A", "AAAA", "CNAME", "NS", "MX", "TXT", "SRV", "CAA")
 class ZoneConfig(Strict):
     ttl: Ttl = Field(300, description="default TTL of records")
     negative_ttl: Ttl = Field(60, description="SOA minimum: how long resolvers cache NXDOMAIN/NODATA")
-    soa: SoaConfig = Field(default_factory=SoaConfig)
+    soa: SoaConfig = Field(default_factory=lambda: SoaConfig())
     nameservers: list[NameServerConfig] = Field(min_length=1)
     records: list[Record] = Field(default_factory=list)
     allow_transfer: list[IPv4Network | IPv6Network] = Field(
@@ -218,7 +219,7 @@ def _policy_field() -> Any:
     models = tuple(cls.config_model for cls in POLICIES.values())
     if len(models) == 1:
         return models[0]
-    return Annotated[Union[models], Field(discriminator="type")]  # type: ignore[valid-type]
+    return Annotated[functools.reduce(operator.or_, models), Field(discriminator="type")]
 
 
 PolicyField = _policy_field()
@@ -227,21 +228,19 @@ PolicyField = _policy_field()
 class ServiceConfig(Strict):
     ttl: Ttl = 30
     answers: int | None = Field(None, ge=1, le=64, description="at most this many endpoints per answer")
-    policy: PolicyField = Field(default_factory=lambda: POLICIES["all"].config_model(type="all"))
+    policy: PolicyField = Field(  # type: ignore[valid-type]
+        default_factory=lambda: POLICIES["all"].config_model(type="all")
+    )
     endpoints: list[EndpointConfig] = Field(min_length=1)
 
 
 class GslbConfig(Strict):
-    server: ServerConfig = Field(default_factory=ServerConfig)
+    server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     zones: dict[DomainName, ZoneConfig] = Field(min_length=1)
     sites: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")], SiteConfig] = Field(
         default_factory=dict
     )
     services: dict[DomainName, ServiceConfig] = Field(default_factory=dict)
-
-    @property
-    def policy_config(self) -> dict[str, PolicyConfig]:
-        return {name: svc.policy for name, svc in self.services.items()}
 
 
 # --------------------------------------------------------------------------- loading
@@ -376,7 +375,3 @@ def load_config(path: str | Path, *, serial: int | None = None) -> LoadedConfig:
         raise ConfigError(str(path), [FieldError((), f"cannot read config: {exc.strerror}")]) from None
     return load_config_text(text, str(path), serial=serial)
 
-
-def iter_errors(exc: ConfigError) -> Iterator[str]:
-    for err in exc.errors:
-        yield str(err)

@@ -31,9 +31,7 @@ def format_path(path: tuple[str | int, ...]) -> str:
     indexes and keys that contain dots themselves (zone apexes, service names)."""
     out = ""
     for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif "." in part or not part:
+        if isinstance(part, int) or "." in part or not part:
             out += f"[{part}]"
         else:
             out += f".{part}" if out else part

@@ -126,9 +126,7 @@ def _glue(zone: ZoneData, rrset: RRset) -> tuple[RR, ...]:
 
 def _target_of(rr: RR) -> str | None:
     rdata = rr.rdata
-    if rr.rtype in (T_NS, T_CNAME):
-        label = rdata.label
-    elif rr.rtype == T_MX:
+    if rr.rtype in (T_NS, T_CNAME) or rr.rtype == T_MX:
         label = rdata.label
     elif rr.rtype == T_SRV:
         label = rdata.target
