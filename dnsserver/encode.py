@@ -56,9 +56,16 @@ def prepare(answer: Answer, labels: tuple[bytes, ...], qtype: int, qclass: int) 
     return Prepared(flags, full, reduced)
 
 
-def build_reply(prepared: Prepared, query: ParsedQuery, *, max_size: int | None, udp_size: int) -> bytes:
-    """The reply to ``query``; ``max_size`` is the UDP limit, None over TCP."""
-    opt = b"" if query.edns is None else opt_record(query.edns, udp_size=udp_size)
+def build_reply(prepared: Prepared, query: ParsedQuery, *, max_size: int | None, udp_size: int,
+                scope: int = 0) -> bytes:
+    """The reply to ``query``; ``max_size`` is the UDP limit, None over TCP; ``scope`` is the
+    ECS scope prefix to report when the query carried a client subnet."""
+    edns = query.edns
+    if edns is None:
+        opt = b""
+    else:
+        options = b"" if edns.ecs is None else edns.ecs.echo(scope)
+        opt = opt_record(edns, udp_size=udp_size, options=options)
     question = query.qname_wire + _QTAIL.pack(query.qtype, query.qclass)
     an, ns, ar, body = prepared.full
     tc = 0

@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter
 from ipaddress import ip_address
+from typing import Any
 
 from dnsserver.encode import Prepared, build_reply, prepare
 from dnsserver.transfer import axfr_messages, transfer_allowed
@@ -32,6 +33,7 @@ from dnsserver.wire import (
 )
 from gslb.compile import zone_of
 from gslb.endpoint import Client
+from gslb.policies import VARY_CLIENT, VARY_NONE
 from gslb.resolve import Answer, Query, resolve
 from gslb.snapshot import Snapshot
 
@@ -59,6 +61,7 @@ class QueryHandler:
         self.exact_udp: dict[bytes, bytes] = {}
         self.exact_tcp: dict[bytes, bytes] = {}
         self._prepared: dict[tuple[tuple[bytes, ...], int, int], Prepared] = {}
+        self._bodies: dict[tuple[Any, ...], Prepared] = {}
 
     def handle(self, data: bytes, client: str) -> bytes | None:
         """The reply to one UDP datagram, or None when it gets none. Never raises."""
@@ -101,30 +104,51 @@ class QueryHandler:
         if query.qtype in (T_AXFR, T_IXFR):
             return self._transfer(data, query, client) if tcp else self._udp_transfer(data, query, client)
 
-        key = (query.labels, query.qtype, query.qclass)
-        prepared = self._prepared.get(key)
-        cacheable = True
-        if prepared is None:
-            answer = resolve(self.snapshot, Query(query.qname, query.qtype, query.qclass),
-                             Client(ip_address(client.partition("%")[0])))
-            prepared = prepare(answer, query.labels, query.qtype, query.qclass)
-            cacheable = not answer.client_dependent
-            if cacheable:
-                if len(self._prepared) >= self.cache_limit:
-                    self._prepared.clear()
-                self._prepared[key] = prepared
+        edns = query.edns
+        ecs = edns.ecs if edns is not None else None
         if tcp:
             max_size = None
         else:
-            max_size = 512 if query.edns is None else min(query.edns.udp_size, self.udp_size)
-        reply = build_reply(prepared, query, max_size=max_size, udp_size=self.udp_size)
+            max_size = 512 if edns is None else min(edns.udp_size, self.udp_size)
+        key = (query.labels, query.qtype, query.qclass)
+        prepared = self._prepared.get(key)
+        scope = 0
+        if prepared is not None:
+            cacheable = True
+        else:
+            address = ip_address(client.partition("%")[0])
+            answer = resolve(self.snapshot, Query(query.qname, query.qtype, query.qclass),
+                             Client(address, ecs.network if ecs is not None and ecs.source else None, query.id))
+            prepared = self._encoded(answer, query)
+            if answer.vary == VARY_NONE:
+                self._remember(self._prepared, key, prepared)
+                cacheable = True
+            else:
+                # The exact key holds the ECS option, so an answer that depended only on it
+                # (never on the resolver's own address) may still be replayed for it.
+                cacheable = answer.vary == VARY_CLIENT and ecs is not None and ecs.source > 0
+                scope = answer.scope if ecs is not None and ecs.source else 0
+        reply = build_reply(prepared, query, max_size=max_size, udp_size=self.udp_size, scope=scope)
         self.rcodes[prepared.flags & 0xF] += 1
         if cacheable:
-            exact = self.exact_tcp if tcp else self.exact_udp
-            if len(exact) >= self.cache_limit:
-                exact.clear()
-            exact[data[2:]] = reply[2:]
+            self._remember(self.exact_tcp if tcp else self.exact_udp, data[2:], reply[2:])
         return reply
+
+    def _encoded(self, answer: Answer, query: ParsedQuery) -> Prepared:
+        """Encode an answer, reusing the bytes of an identical earlier one. Records are owned
+        by the snapshot, which outlives this cache, so their identities are a sound key."""
+        key = (query.labels, query.qtype, query.qclass, answer.rcode, answer.authoritative,
+               *map(id, answer.answer), None, *map(id, answer.authority), None, *map(id, answer.additional))
+        prepared = self._bodies.get(key)
+        if prepared is None:
+            prepared = prepare(answer, query.labels, query.qtype, query.qclass)
+            self._remember(self._bodies, key, prepared)
+        return prepared
+
+    def _remember(self, cache: dict[Any, Any], key: Any, value: Any) -> None:
+        if len(cache) >= self.cache_limit:
+            cache.clear()
+        cache[key] = value
 
     def _rcode_only(self, data: bytes, rcode: int, query: ParsedQuery | None) -> bytes:
         self.rcodes[rcode] += 1

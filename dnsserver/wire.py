@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network
 
 HEADER = struct.Struct("!6H")
 OPT_TYPE = 41
+OPTION_ECS = 8
 OPCODE_QUERY, OPCODE_NOTIFY = 0, 4
 FORMERR, SERVFAIL, NOTIMP, REFUSED, BADVERS = 1, 2, 4, 5, 16
 FLAG_QR, FLAG_AA, FLAG_TC, FLAG_RD, FLAG_CD = 0x8000, 0x0400, 0x0200, 0x0100, 0x0010
@@ -33,12 +35,28 @@ class WireError(Exception):
         self.query = query
 
 
+@dataclass(frozen=True, slots=True)
+class ClientSubnet:
+    """An EDNS Client Subnet option (RFC 7871) as the resolver sent it."""
+
+    network: IPv4Network | IPv6Network
+    family: int
+    source: int
+    address: bytes
+
+    def echo(self, scope: int) -> bytes:
+        """The option for the reply: the query's family, source and address, our scope."""
+        body = struct.pack("!HBB", self.family, self.source, scope) + self.address
+        return struct.pack("!HH", OPTION_ECS, len(body)) + body
+
+
 @dataclass(slots=True)
 class Edns:
     udp_size: int
     version: int
     do: bool
     options: list[tuple[int, bytes]] = field(default_factory=list)
+    ecs: ClientSubnet | None = None
 
 
 @dataclass(slots=True)
@@ -178,7 +196,38 @@ def _parse_opt(data: bytes, udp_size: int, ttl: int, start: int, end: int, query
             raise WireError(FORMERR, "EDNS option runs past its record", query)
         options.append((code, data[offset : offset + length]))
         offset += length
-    return Edns(max(udp_size, 512), (ttl >> 16) & 0xFF, bool(ttl & 0x8000), options)
+    edns = Edns(max(udp_size, 512), (ttl >> 16) & 0xFF, bool(ttl & 0x8000), options)
+    for code, value in options:
+        if code == OPTION_ECS:
+            if edns.ecs is not None:
+                raise WireError(FORMERR, "more than one client subnet option", query)
+            edns.ecs = parse_client_subnet(value, query)
+    return edns
+
+
+def parse_client_subnet(value: bytes, query: ParsedQuery | None = None) -> ClientSubnet:
+    """Validate an ECS option as RFC 7871 section 6 asks: known family, source within the
+    address size, exactly the address bytes the source needs, no bits set past the source."""
+    if len(value) < 4:
+        raise WireError(FORMERR, "client subnet option shorter than 4 bytes", query)
+    family, source, _scope = struct.unpack_from("!HBB", value)
+    address = value[4:]
+    if family == 1:
+        size = 4
+    elif family == 2:
+        size = 16
+    else:
+        raise WireError(FORMERR, f"client subnet family {family} is not IPv4 (1) or IPv6 (2)", query)
+    if source > size * 8:
+        raise WireError(FORMERR, f"client subnet source prefix {source} is longer than the address", query)
+    if len(address) != (source + 7) // 8:
+        raise WireError(FORMERR, "client subnet address length does not match its source prefix", query)
+    full = address + bytes(size - len(address))
+    value_int = int.from_bytes(full, "big")
+    if value_int & ((1 << (size * 8 - source)) - 1):
+        raise WireError(FORMERR, "client subnet address has bits set past its source prefix", query)
+    network = (IPv4Network if size == 4 else IPv6Network)((value_int, source))
+    return ClientSubnet(network, family, source, address)
 
 
 def opt_record(edns: Edns, *, udp_size: int, rcode: int = 0, options: bytes = b"") -> bytes:

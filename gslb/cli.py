@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("-c", "--config", required=True, type=Path)
+
+    explain = sub.add_parser("explain", help="which answer a client gets, and why")
+    explain.add_argument("-c", "--config", required=True, type=Path)
+    explain.add_argument("name")
+    explain.add_argument("--type", default="A", help="query type (default A)")
+    explain.add_argument("--client", required=True, help="the resolver's (or client's) address")
+    explain.add_argument("--ecs", help="EDNS Client Subnet the resolver sends, e.g. 81.2.69.0/24")
+    explain.add_argument("--json", action="store_true", help="print the trace as JSON")
     return parser
 
 
@@ -51,7 +59,32 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "check":
         return cmd_check(args.config)
+    if args.command == "explain":
+        return cmd_explain(args)
     return cmd_serve(args)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from dnslib import QTYPE
+
+    from gslb.explain import explain, format_explanation
+    from gslb.snapshot import build_snapshot
+
+    try:
+        loaded = load_config(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        getattr(QTYPE, args.type.upper())
+        result = explain(build_snapshot(loaded.compiled), args.name, args.type, args.client, args.ecs)
+    except (ValueError, AttributeError) as exc:
+        print(f"gslb explain: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2) if args.json else format_explanation(result))
+    return 0
 
 
 def cmd_check(path: Path) -> int:

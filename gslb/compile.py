@@ -11,6 +11,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Network
+from pathlib import Path as PathLike
 
 from dnslib import AAAA, CAA, CNAME, MX, NS, QTYPE, RR, SOA, SRV, TXT, A, DNSLabel
 
@@ -19,6 +20,7 @@ from gslb.config import (
     ARecord,
     CaaRecord,
     CnameRecord,
+    EndpointConfig,
     GslbConfig,
     MxRecord,
     NsRecord,
@@ -27,8 +29,9 @@ from gslb.config import (
     TxtRecord,
     ZoneConfig,
 )
-from gslb.endpoint import Endpoint
-from gslb.errors import FieldError, format_path
+from gslb.endpoint import Endpoint, stable_seed
+from gslb.errors import FieldError, GslbError, format_path
+from gslb.geo import GeoDatabase
 from gslb.names import is_subdomain, parent_names, qualify
 from gslb.policies import Policy, make_policy
 
@@ -45,16 +48,28 @@ class RRset:
     rrs: tuple[RR, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class EndpointRecords:
+    """An endpoint's answer records, built once per config."""
+
+    a: RR | None
+    aaaa: RR | None
+    cname: RR | None
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
-    """A GSLB name as configured: its endpoints in config order and the policy choosing among them."""
+    """A GSLB name as configured: its endpoints in config order and the policies choosing among them."""
 
     name: str
     ttl: int
     answers: int | None
-    policy: Policy
+    policies: tuple[Policy, ...]
     endpoints: tuple[Endpoint, ...]
     enabled: frozenset[str]
+    fallback_mode: str
+    fallback: tuple[Endpoint, ...]
+    records: Mapping[str, EndpointRecords]
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,7 @@ class ZoneData:
 class CompiledConfig:
     zones: Mapping[str, ZoneData]
     sites: Mapping[str, SiteConfig]
+    geo: GeoDatabase | None = None
 
 
 def zone_of(name: str, apexes: Mapping[str, object]) -> str | None:
@@ -240,33 +256,73 @@ def _compile_zone(
     return tree, soa, negative_soa
 
 
-def _compile_service(
-    name: str, config: GslbConfig, errors: list[FieldError]
-) -> ServiceSpec | None:
+def _endpoint(ep: EndpointConfig) -> Endpoint:
+    return Endpoint(ep.id, ep.site, ep.ipv4, ep.ipv6, ep.cname, ep.weight, stable_seed(ep.id))
+
+
+def _endpoint_records(ep: Endpoint, owner: str, ttl: int) -> EndpointRecords:
+    label = _label(owner)
+    return EndpointRecords(
+        RR(label, TYPE_A, ttl=ttl, rdata=A(str(ep.ipv4))) if ep.ipv4 else None,
+        RR(label, TYPE_AAAA, ttl=ttl, rdata=AAAA(str(ep.ipv6))) if ep.ipv6 else None,
+        RR(label, TYPE_CNAME, ttl=ttl, rdata=CNAME(_label(ep.cname))) if ep.cname else None,
+    )
+
+
+def _compile_service(name: str, config: GslbConfig, errors: list[FieldError]) -> ServiceSpec | None:
     svc = config.services[name]
     path: Path = ("services", name)
+    known = ", ".join(sorted(config.sites)) or "none defined"
     seen: dict[str, int] = {}
-    endpoints = []
-    ok = True
+    count = len(errors)
     for i, ep in enumerate(svc.endpoints):
         if ep.site not in config.sites:
-            known = ", ".join(sorted(config.sites)) or "none defined"
             errors.append(FieldError(path + ("endpoints", i, "site"), f"unknown site {ep.site!r} (sites: {known})"))
-            ok = False
         if ep.id in seen:
             errors.append(FieldError(path + ("endpoints", i),
                                      f"endpoint id {ep.id!r} repeats endpoints[{seen[ep.id]}]"))
-            ok = False
         seen[ep.id] = i
-        endpoints.append(Endpoint(ep.id, ep.site, ep.ipv4, ep.ipv6, ep.cname, ep.weight))
-    if not ok:
+    for i, ep in enumerate(svc.fallback.endpoints):
+        if ep.site not in config.sites:
+            errors.append(FieldError(path + ("fallback", "endpoints", i, "site"),
+                                     f"unknown site {ep.site!r} (sites: {known})"))
+    coordinates = {site: (cfg.lat, cfg.lon) for site, cfg in config.sites.items()}
+    policies = []
+    for i, policy_config in enumerate(svc.policy):
+        policy = make_policy(policy_config, coordinates)
+        where = path + ("policy",) + ((i,) if len(svc.policy) > 1 else ())
+        for sub, message in policy.check(set(config.sites), set(seen)):
+            errors.append(FieldError(where + sub, message))
+        policies.append(policy)
+    if len(errors) > count:
         return None
+    endpoints = tuple(_endpoint(ep) for ep in svc.endpoints)
+    mode = svc.fallback.mode
+    if mode == "pool":
+        fallback = tuple(_endpoint(ep) for ep in svc.fallback.endpoints)
+    elif mode == "static":
+        fallback = tuple(
+            Endpoint(f"static/{addr}", "", addr if isinstance(addr, IPv4Address) else None,
+                     addr if not isinstance(addr, IPv4Address) else None, None, 1, stable_seed(str(addr)))
+            for addr in svc.fallback.addresses
+        )
+    else:
+        fallback = ()
+    records = {ep.id: _endpoint_records(ep, name, svc.ttl) for ep in (*endpoints, *fallback)}
     enabled = frozenset(ep.id for ep in svc.endpoints if ep.enabled)
-    return ServiceSpec(name, svc.ttl, svc.answers, make_policy(svc.policy), tuple(endpoints), enabled)
+    return ServiceSpec(name, svc.ttl, svc.answers, tuple(policies), endpoints, enabled, mode, fallback, records)
 
 
-def compile_config(config: GslbConfig, *, serial: int | None = None) -> tuple[CompiledConfig, list[FieldError]]:
+def compile_config(
+    config: GslbConfig, *, serial: int | None = None, base_dir: PathLike = PathLike(".")
+) -> tuple[CompiledConfig, list[FieldError]]:
     errors: list[FieldError] = []
+    geo = None
+    if config.geoip.database is not None:
+        try:
+            geo = GeoDatabase(base_dir / config.geoip.database)
+        except GslbError as exc:
+            errors.append(FieldError(("geoip", "database"), str(exc)))
     serial = serial or int(time.time())
     apexes = dict.fromkeys(config.zones)
     trees = {}
@@ -311,4 +367,4 @@ def compile_config(config: GslbConfig, *, serial: int | None = None) -> tuple[Co
         cuts = frozenset(o for o, types in nodes.items() if o != apex and TYPE_NS in types)
         zones[apex] = ZoneData(apex, nodes, frozenset(names), cuts, soa, negative_soa,
                                tuple(zone.allow_transfer), services[apex], zone.ttl)
-    return CompiledConfig(zones, dict(config.sites)), errors
+    return CompiledConfig(zones, dict(config.sites), geo), errors

@@ -225,17 +225,54 @@ def _policy_field() -> Any:
 PolicyField = _policy_field()
 
 
+def _fallback_mode(value: Any) -> Any:
+    return {"mode": value} if isinstance(value, str) else value
+
+
+class FallbackConfig(Strict):
+    """What a name answers when none of its endpoints is usable."""
+
+    mode: Literal["all", "pool", "static", "empty", "servfail"] = Field(
+        "all", description="all: every enabled endpoint (fail open); pool: the 'endpoints' here; "
+        "static: the 'addresses' here; empty: NODATA; servfail: SERVFAIL"
+    )
+    endpoints: list[EndpointConfig] = Field(default_factory=list)
+    addresses: list[IPv4Address | IPv6Address] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _needs_data(self) -> FallbackConfig:
+        if self.mode == "pool" and not self.endpoints:
+            raise ValueError("mode 'pool' needs 'endpoints'")
+        if self.mode == "static" and not self.addresses:
+            raise ValueError("mode 'static' needs 'addresses'")
+        return self
+
+
+def _policy_list(value: Any) -> Any:
+    return [value] if isinstance(value, dict) else value
+
+
 class ServiceConfig(Strict):
     ttl: Ttl = 30
     answers: int | None = Field(None, ge=1, le=64, description="at most this many endpoints per answer")
-    policy: PolicyField = Field(  # type: ignore[valid-type]
-        default_factory=lambda: POLICIES["all"].config_model(type="all")
+    policy: Annotated[list[PolicyField], BeforeValidator(_policy_list)] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: [POLICIES["all"].config_model(type="all")],
+        min_length=1,
+        description="one policy, or a list applied in turn (each narrows and orders the previous)",
+    )
+    fallback: Annotated[FallbackConfig, BeforeValidator(_fallback_mode)] = Field(
+        default_factory=lambda: FallbackConfig()
     )
     endpoints: list[EndpointConfig] = Field(min_length=1)
 
 
+class GeoIpConfig(Strict):
+    database: Path | None = Field(None, description="MaxMind City or Country .mmdb; relative to the config file")
+
+
 class GslbConfig(Strict):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
+    geoip: GeoIpConfig = Field(default_factory=lambda: GeoIpConfig())
     zones: dict[DomainName, ZoneConfig] = Field(min_length=1)
     sites: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")], SiteConfig] = Field(
         default_factory=dict
@@ -307,6 +344,8 @@ def _clean_loc(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], in
             continue
         if isinstance(part, str) and part in _UNION_TAGS and out + (part,) not in lines:
             continue
+        if isinstance(part, int) and out + (part,) not in lines and out in lines:
+            continue  # a single mapping given where a list is accepted
         if isinstance(part, str) and part.startswith(("function-", "json-or-python")):
             continue
         out += (part,)
@@ -342,7 +381,8 @@ class LoadedConfig:
     compiled: Any  # gslb.compile.CompiledConfig (imported lazily to keep this module light)
 
 
-def load_config_text(text: str, source: str = "<config>", *, serial: int | None = None) -> LoadedConfig:
+def load_config_text(text: str, source: str = "<config>", *, serial: int | None = None,
+                     base_dir: Path | None = None) -> LoadedConfig:
     """Parse, validate and compile a config; raise ``ConfigError`` listing every problem."""
     from gslb.compile import compile_config
 
@@ -360,7 +400,7 @@ def load_config_text(text: str, source: str = "<config>", *, serial: int | None 
         config = GslbConfig.model_validate(doc.data)
     except ValidationError as exc:
         raise ConfigError(source, errors + _pydantic_errors(exc, doc)) from None
-    compiled, semantic = compile_config(config, serial=serial)
+    compiled, semantic = compile_config(config, serial=serial, base_dir=base_dir or Path.cwd())
     errors += [FieldError(e.path, e.message, line_of(e.path, doc.lines)) for e in semantic]
     if errors:
         raise ConfigError(source, errors)
@@ -373,5 +413,5 @@ def load_config(path: str | Path, *, serial: int | None = None) -> LoadedConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(str(path), [FieldError((), f"cannot read config: {exc.strerror}")]) from None
-    return load_config_text(text, str(path), serial=serial)
+    return load_config_text(text, str(path), serial=serial, base_dir=path.parent)
 

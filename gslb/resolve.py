@@ -8,13 +8,15 @@ followed inside the zone, minimal ANY (RFC 8482), REFUSED outside our zones.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dnslib import CNAME, QTYPE, RR, DNSLabel
+from dnslib import QTYPE, RR
 
 from gslb.compile import RRset, ZoneData, zone_of
-from gslb.endpoint import Client
+from gslb.endpoint import Client, Endpoint
 from gslb.names import is_subdomain, parent_names
+from gslb.policies import VARY_NONE, Selection
 from gslb.snapshot import ServiceTable, Snapshot
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -42,14 +44,17 @@ class Answer:
     additional: tuple[RR, ...] = ()
     glue_required: bool = False
     """A referral whose glue must fit, else the reply is truncated (RFC 9471)."""
-    client_dependent: bool = False
-    """True when a policy looked at the client: the answer must not be cached per name."""
+    vary: int = VARY_NONE
+    """What the answer depended on: nothing (cache per name), the client, or the query itself."""
+    scope: int = 0
+    """How many leading bits of the client's address the answer depended on (ECS scope)."""
 
 
 REFUSED_ANSWER = Answer(REFUSED, authoritative=False)
 
 
-def resolve(snapshot: Snapshot, query: Query, client: Client) -> Answer:
+def resolve(snapshot: Snapshot, query: Query, client: Client, *, trace: list[str] | None = None) -> Answer:
+    """The answer to ``query`` from ``client``; ``trace`` collects the decision steps (explain)."""
     if query.qclass not in (CLASS_IN, CLASS_ANY):
         return REFUSED_ANSWER
     apex = zone_of(query.qname, snapshot.zones)
@@ -62,26 +67,29 @@ def resolve(snapshot: Snapshot, query: Query, client: Client) -> Answer:
             return _referral(zone, cut)
 
     records: list[RR] = []
-    name, dependent = query.qname, False
+    name = query.qname
+    vary, scope = VARY_NONE, 0
     for _ in range(MAX_CHAIN):
         table = snapshot.services.get(name)
         if table is not None:
-            found, target, dep = _service_records(table, query.qtype, client)
-            dependent = dependent or dep
+            found, target, sel = _service_records(snapshot, table, query.qtype, client, trace)
+            if sel is not None:
+                vary, scope = max(vary, sel.vary), max(scope, sel.scope)
+                if found is None:
+                    return Answer(SERVFAIL, authoritative=False, vary=vary, scope=scope)
             if found is None:
                 found = _node_records(zone, name, query.qtype)
         else:
             found, target = _static_records(zone, name, query.qtype)
         if found is None and target is None:
             rcode = NOERROR if name in zone.names else NXDOMAIN
-            return Answer(rcode, answer=tuple(records), authority=(zone.negative_soa,), client_dependent=dependent)
+            return Answer(rcode, answer=tuple(records), authority=(zone.negative_soa,), vary=vary, scope=scope)
         if found is not None and target is None:
             records.extend(found)
             if not found:
-                return Answer(NOERROR, answer=tuple(records), authority=(zone.negative_soa,),
-                              client_dependent=dependent)
-            return Answer(NOERROR, answer=tuple(records), additional=_additional(zone, found),
-                          client_dependent=dependent)
+                return Answer(NOERROR, answer=tuple(records), authority=(zone.negative_soa,), vary=vary, scope=scope)
+            return Answer(NOERROR, answer=tuple(records), additional=_additional(zone, found), vary=vary,
+                          scope=scope)
         assert found is not None and target is not None
         records.extend(found)
         if query.qtype == T_CNAME or zone_of(target, snapshot.zones) != apex or _below_cut(zone, target):
@@ -89,7 +97,7 @@ def resolve(snapshot: Snapshot, query: Query, client: Client) -> Answer:
         if any(str(rr.rname).rstrip(".").lower() == target for rr in records):
             break  # a loop: stop where BIND and Knot stop, with the chain so far
         name = target
-    return Answer(NOERROR, answer=tuple(records), client_dependent=dependent)
+    return Answer(NOERROR, answer=tuple(records), vary=vary, scope=scope)
 
 
 def _delegation(zone: ZoneData, query: Query) -> str | None:
@@ -147,7 +155,7 @@ def _static_records(zone: ZoneData, name: str, qtype: int) -> tuple[list[RR] | N
     if node is None:
         return ([] if name in zone.names else None), None
     cname = node.get(T_CNAME)
-    if cname is not None and qtype != T_CNAME:
+    if cname is not None and qtype not in (T_CNAME, T_ANY):
         return list(cname.rrs), _target_of(cname.rrs[0])
     return _node_records(zone, name, qtype), None
 
@@ -163,36 +171,62 @@ def _node_records(zone: ZoneData, name: str, qtype: int) -> list[RR]:
     return list(rrset.rrs) if rrset is not None else []
 
 
-def _service_records(
-    table: ServiceTable, qtype: int, client: Client
-) -> tuple[list[RR] | None, str | None, bool]:
-    """Records a GSLB name answers for ``qtype``; (None, None, _) means: look at static data."""
+def choose_endpoints(table: ServiceTable, qtype: int, sel: Selection) -> list[Endpoint] | None:
+    """The endpoints a GSLB name answers with for this client, best first; None: SERVFAIL."""
     spec = table.spec
-    if qtype not in (T_A, T_AAAA, T_CNAME, T_ANY):
-        return None, None, False
-    chosen = list(spec.policy.select(table.candidates, client))
+    candidates: Sequence[Endpoint] = table.candidates
+    if not candidates:
+        mode = spec.fallback_mode
+        if mode == "all":
+            candidates = [ep for ep in spec.endpoints if ep.id in spec.enabled]
+        elif mode in ("pool", "static"):
+            candidates = spec.fallback
+        sel.note(f"no usable endpoint: fallback '{mode}' with {len(candidates)} endpoint(s)")
+        if mode == "servfail":
+            return None
+    if qtype in (T_A, T_AAAA):
+        v6 = qtype == T_AAAA
+        usable = [ep for ep in candidates if ep.cname is not None or (ep.ipv6 if v6 else ep.ipv4) is not None]
+        if len(usable) < len(candidates):
+            sel.note(f"{len(candidates) - len(usable)} endpoint(s) have no {'IPv6' if v6 else 'IPv4'} address")
+        candidates = usable
+    if sel.trace is not None:
+        sel.note("candidates: " + (", ".join(f"{ep.id}@{ep.site}" for ep in candidates) or "none"))
+    for policy in spec.policies:
+        if not candidates:
+            break
+        chosen = policy.select(candidates, sel)
+        candidates = chosen or candidates
     if spec.answers is not None:
-        chosen = chosen[: spec.answers]
-    dependent = spec.policy.depends_on_client
-    owner = DNSLabel(spec.name + ".")
+        candidates = candidates[: spec.answers]
+    return list(candidates)
+
+
+def _service_records(
+    snapshot: Snapshot, table: ServiceTable, qtype: int, client: Client, trace: list[str] | None
+) -> tuple[list[RR] | None, str | None, Selection | None]:
+    """Records a GSLB name answers for ``qtype``; (None, None, None) means: look at static data."""
+    if qtype not in (T_A, T_AAAA, T_CNAME, T_ANY):
+        return None, None, None
+    sel = Selection(client, snapshot.geo, trace=trace)
+    chosen = choose_endpoints(table, qtype, sel)
+    if chosen is None:
+        return None, None, sel
+    records = table.spec.records
     if chosen and chosen[0].cname is not None:
-        target = chosen[0].cname
-        rr = RR(owner, T_CNAME, ttl=spec.ttl, rdata=CNAME(DNSLabel(target + ".")))
-        return ([rr], None, dependent) if qtype == T_CNAME else ([rr], target, dependent)
+        rr = records[chosen[0].id].cname
+        assert rr is not None
+        sel.note(f"answer: CNAME {chosen[0].cname} ({chosen[0].id})")
+        return ([rr], None, sel) if qtype == T_CNAME else ([rr], chosen[0].cname, sel)
     if qtype == T_CNAME:
-        return [], None, dependent
-    records = []
+        return [], None, sel
+    out: list[RR] = []
     for family in ((T_A,) if qtype == T_A else (T_AAAA,) if qtype == T_AAAA else (T_A, T_AAAA)):
         for ep in chosen:
-            addr = ep.ipv4 if family == T_A else ep.ipv6
-            if addr is not None:
-                records.append(RR(owner, family, ttl=spec.ttl, rdata=_addr_rdata(family, str(addr))))
-        if records and qtype == T_ANY:
+            rr = records[ep.id].a if family == T_A else records[ep.id].aaaa
+            if rr is not None:
+                out.append(rr)
+        if out:
             break
-    return records, None, dependent
-
-
-def _addr_rdata(family: int, text: str) -> object:
-    from dnslib import AAAA, A
-
-    return A(text) if family == T_A else AAAA(text)
+    sel.note("answer: " + (", ".join(str(rr.rdata) for rr in out) or "NODATA"))
+    return out, None, sel

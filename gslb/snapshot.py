@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from gslb.compile import CompiledConfig, ServiceSpec, ZoneData
 from gslb.config import SiteConfig
 from gslb.endpoint import Endpoint
+from gslb.geo import GeoDatabase
 
 _generations = itertools.count(1)
 
@@ -31,6 +32,7 @@ class Snapshot:
     zones: Mapping[str, ZoneData]
     services: Mapping[str, ServiceTable]
     sites: Mapping[str, SiteConfig]
+    geo: GeoDatabase | None = None
 
 
 def build_snapshot(compiled: CompiledConfig) -> Snapshot:
@@ -39,4 +41,4 @@ def build_snapshot(compiled: CompiledConfig) -> Snapshot:
         for name, spec in zone.services.items():
             usable = tuple(ep for ep in spec.endpoints if ep.id in spec.enabled)
             services[name] = ServiceTable(spec, usable)
-    return Snapshot(next(_generations), compiled.zones, services, compiled.sites)
+    return Snapshot(next(_generations), compiled.zones, services, compiled.sites, compiled.geo)

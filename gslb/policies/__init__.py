@@ -4,7 +4,20 @@ Adding a policy: write ``gslb/policies/<name>.py`` with a ``PolicyConfig`` subcl
 ``@register``-ed ``Policy``, import it below, add its test.
 """
 
-from gslb.policies import all as _all  # noqa: F401  (registers itself)
-from gslb.policies.base import POLICIES, Policy, PolicyConfig, make_policy, register
+# Each import registers a policy.
+from gslb.policies import all as _all  # noqa: F401
+from gslb.policies import consistent_hash, failover, geo, round_robin, topology, weighted  # noqa: F401
+from gslb.policies.base import (
+    POLICIES,
+    VARY_CLIENT,
+    VARY_NONE,
+    VARY_QUERY,
+    Policy,
+    PolicyConfig,
+    Selection,
+    make_policy,
+    register,
+)
 
-__all__ = ["POLICIES", "Policy", "PolicyConfig", "make_policy", "register"]
+__all__ = ["POLICIES", "VARY_CLIENT", "VARY_NONE", "VARY_QUERY", "Policy", "PolicyConfig", "Selection",
+           "make_policy", "register"]

@@ -1,4 +1,4 @@
-"""``all``: answer with every usable endpoint, in config order.
+"""``all``: every usable endpoint, in config order.
 
 ```yaml
 policy: {type: all}
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from gslb.endpoint import Client, Endpoint
-from gslb.policies.base import Policy, PolicyConfig, register
+from gslb.endpoint import Endpoint
+from gslb.policies.base import Policy, PolicyConfig, Selection, register
 
 
 class AllConfig(PolicyConfig):
@@ -23,9 +23,5 @@ class AllPolicy(Policy):
     name = "all"
     config_model = AllConfig
 
-    def select(self, candidates: Sequence[Endpoint], client: Client) -> Sequence[Endpoint]:
+    def select(self, candidates: Sequence[Endpoint], sel: Selection) -> Sequence[Endpoint]:
         return candidates
-
-    @property
-    def depends_on_client(self) -> bool:
-        return False

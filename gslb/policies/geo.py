@@ -1,0 +1,123 @@
+"""``geo``: the closest site by great-circle distance from the client's GeoIP location.
+
+- ``bias`` shrinks (-) or grows (+) a site's pull like Route 53 geoproximity: effective
+  distance = distance x (1 - bias/100).
+- ``countries`` / ``continents`` map a client's country or continent to preferred sites,
+  consulted before distance (only sites with usable endpoints count).
+- ``sites``: how many of the closest sites to answer from (default 1).
+- Ties (within ``tie_km``) are broken by rendezvous hashing of the client subnet, so a
+  client keeps its site and ties split evenly.
+- No location (no database, private address): ``default_sites`` if set, else every
+  candidate, unchanged.
+
+```yaml
+policy:
+  type: geo
+  bias: {eu-west: 10}
+  countries: {GB: [eu-west]}
+  continents: {OC: [ap-northeast]}
+  default_sites: [us-east]
+```
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import Field
+
+from gslb.endpoint import Endpoint, stable_seed
+from gslb.geo import Location, distance_km
+from gslb.policies.base import Coordinates, Policy, PolicyConfig, Selection, mix64, register, unknown_sites
+
+
+class GeoConfig(PolicyConfig):
+    type: Literal["geo"] = "geo"
+    bias: dict[str, int] = Field(default_factory=dict, description="site -> -99..99")
+    countries: dict[str, list[str]] = Field(default_factory=dict)
+    continents: dict[str, list[str]] = Field(default_factory=dict)
+    sites: int = Field(1, ge=1, le=64)
+    default_sites: list[str] = Field(default_factory=list)
+    tie_km: float = Field(1.0, ge=0)
+    prefix_v4: int = Field(24, ge=0, le=32, description="client subnet used to break ties")
+    prefix_v6: int = Field(56, ge=0, le=128)
+
+
+@register
+class GeoPolicy(Policy):
+    name = "geo"
+    config_model = GeoConfig
+    config: GeoConfig
+
+    def __init__(self, config: GeoConfig, coordinates: Coordinates | None = None) -> None:
+        super().__init__(config, coordinates)
+        self._memo: dict[tuple[Location, frozenset[str]], list[tuple[float, str]]] = {}
+
+    def check(self, sites: set[str], endpoint_ids: set[str]) -> list[tuple[tuple[str | int, ...], str]]:
+        errors = unknown_sites(list(self.config.bias), sites, ("bias",))
+        for key, mapping in (("countries", self.config.countries), ("continents", self.config.continents)):
+            for code, names in mapping.items():
+                errors += unknown_sites(names, sites, (key, code))
+        errors += unknown_sites(self.config.default_sites, sites, ("default_sites",))
+        errors += [(("bias", s), "bias must be between -99 and 99") for s, b in self.config.bias.items()
+                   if not -99 <= b <= 99]
+        return errors
+
+    def _ranked(self, location: Location, sites: frozenset[str]) -> list[tuple[float, str]]:
+        """Sites by effective distance from ``location``; memoised per location and site set."""
+        key = (location, sites)
+        ranked = self._memo.get(key)
+        if ranked is None:
+            assert location.lat is not None and location.lon is not None
+            ranked = []
+            for site in sites:
+                lat, lon = self.coordinates[site]
+                factor = 1 - self.config.bias.get(site, 0) / 100
+                ranked.append((distance_km(location.lat, location.lon, lat, lon) * factor, site))
+            ranked.sort()
+            if len(self._memo) > 50_000:
+                self._memo.clear()
+            self._memo[key] = ranked
+        return ranked
+
+    def select(self, candidates: Sequence[Endpoint], sel: Selection) -> Sequence[Endpoint]:
+        sites = frozenset(ep.site for ep in candidates)
+        if len(sites) < 2:
+            return candidates
+        location = sel.location()
+        if location is None:
+            preferred = [ep for ep in candidates if ep.site in self.config.default_sites]
+            sel.note("geo: client location unknown; "
+                     + ("default_sites " + ", ".join(self.config.default_sites) if preferred else "keeping all"))
+            return preferred or candidates
+        for code, mapping, what in ((location.country, self.config.countries, "country"),
+                                    (location.continent, self.config.continents, "continent")):
+            if code is not None and code in mapping:
+                wanted = [s for s in mapping[code] if s in sites]
+                if wanted:
+                    sel.note(f"geo: {what} {code} prefers {', '.join(wanted)}")
+                    sites = frozenset(wanted)
+                    break
+        if location.lat is None or location.lon is None:
+            sel.note("geo: no coordinates for the client; keeping all preferred sites")
+            return [ep for ep in candidates if ep.site in sites]
+        ranked = self._ranked(location, sites)
+        chosen = self._closest(ranked, sel)
+        if sel.trace is not None:
+            sel.note("geo: distances " + ", ".join(f"{s} {d:.0f} km" for d, s in ranked)
+                     + f"; chose {', '.join(chosen)}")
+        order = {site: i for i, site in enumerate(chosen)}
+        return sorted((ep for ep in candidates if ep.site in order), key=lambda ep: order[ep.site])
+
+    def _closest(self, ranked: list[tuple[float, str]], sel: Selection) -> list[str]:
+        want = self.config.sites
+        cutoff = ranked[min(want, len(ranked)) - 1][0]
+        tied = [s for d, s in ranked if abs(d - cutoff) <= self.config.tie_km]
+        sure = [s for d, s in ranked if d < cutoff - self.config.tie_km]
+        if len(sure) + len(tied) <= want:
+            return sure + tied
+        key = sel.subnet_key(self.config.prefix_v4, self.config.prefix_v6)
+        tied.sort(key=lambda s: mix64(key ^ stable_seed(s)), reverse=True)
+        sel.note(f"geo: tie between {', '.join(tied)} broken by client subnet hash")
+        return sure + tied[: want - len(sure)]
