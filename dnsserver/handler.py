@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from dnsserver.encode import Prepared, build_reply, prepare
@@ -62,6 +62,7 @@ class QueryHandler:
         self.exact_tcp: dict[bytes, bytes] = {}
         self._prepared: dict[tuple[tuple[bytes, ...], int, int], Prepared] = {}
         self._bodies: dict[tuple[Any, ...], Prepared] = {}
+        self._addresses: dict[str, IPv4Address | IPv6Address] = {}
 
     def handle(self, data: bytes, client: str) -> bytes | None:
         """The reply to one UDP datagram, or None when it gets none. Never raises."""
@@ -116,7 +117,10 @@ class QueryHandler:
         if prepared is not None:
             cacheable = True
         else:
-            address = ip_address(client.partition("%")[0])
+            address = self._addresses.get(client)
+            if address is None:
+                address = ip_address(client.partition("%")[0])
+                self._remember(self._addresses, client, address)
             answer = resolve(self.snapshot, Query(query.qname, query.qtype, query.qclass),
                              Client(address, ecs.network if ecs is not None and ecs.source else None, query.id))
             prepared = self._encoded(answer, query)

@@ -8,6 +8,7 @@ rcode to answer (FORMERR, NOTIMP, BADVERS) or ``Drop`` when no reply should be s
 
 from __future__ import annotations
 
+import functools
 import struct
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
@@ -85,24 +86,33 @@ def _label_text(label: bytes) -> str:
 _PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_*")
 
 
-def read_question_name(data: bytes, offset: int) -> tuple[tuple[bytes, ...], int]:
-    """Labels of an uncompressed name (a question never needs a pointer) and the offset after it."""
-    labels: list[bytes] = []
-    total = 1
+def question_name_end(data: bytes, offset: int) -> int:
+    """Offset after an uncompressed name (a question never needs a pointer), validated."""
     end = len(data)
+    start = offset
     while True:
         if offset >= end:
             raise WireError(FORMERR, "question name runs past the end of the packet")
         length = data[offset]
         if length == 0:
-            return tuple(labels), offset + 1
+            if offset + 1 - start > 255:
+                raise WireError(FORMERR, "question name longer than 255 bytes")
+            return offset + 1
         if length > 63:
             raise WireError(FORMERR, "compression pointer or bad label type in the question")
-        total += length + 1
-        if total > 255:
-            raise WireError(FORMERR, "question name longer than 255 bytes")
-        labels.append(data[offset + 1 : offset + 1 + length])
         offset += length + 1
+
+
+@functools.lru_cache(maxsize=65536)
+def decode_name(wire: bytes) -> tuple[tuple[bytes, ...], str]:
+    """Labels and text form of a validated, lowercased wire name (memoised: names repeat)."""
+    labels = []
+    offset = 0
+    while wire[offset]:
+        length = wire[offset]
+        labels.append(wire[offset + 1 : offset + 1 + length])
+        offset += length + 1
+    return tuple(labels), ".".join(_label_text(label) for label in labels)
 
 
 def skip_name(data: bytes, offset: int) -> int:
@@ -149,16 +159,26 @@ def parse_query(data: bytes) -> ParsedQuery:
     if qdcount != 1:
         rcode = FORMERR if (flags >> 11) & 0xF == OPCODE_QUERY else NOTIMP
         raise WireError(rcode, f"QDCOUNT is {qdcount}, expected 1")
-    labels, offset = read_question_name(data, 12)
-    if offset + 4 > len(data):
+    offset = question_name_end(data, 12)
+    end = len(data)
+    if offset + 4 > end:
         raise WireError(FORMERR, "question type and class missing")
     qtype, qclass = struct.unpack_from("!HH", data, offset)
     qname_wire = data[12:offset]
     offset += 4
-    lowered = tuple(label.lower() for label in labels)
-    query = ParsedQuery(ident, flags, ".".join(_label_text(lb) for lb in lowered), qname_wire,
-                        lowered, qtype, qclass, None)
-    end = len(data)
+    labels, qname = decode_name(qname_wire.lower())
+    query = ParsedQuery(ident, flags, qname, qname_wire, labels, qtype, qclass, None)
+    if not ancount and not nscount and arcount == 1 and data[offset : offset + 3] == b"\x00\x00\x29":
+        # the usual shape: one OPT at the root, nothing else
+        if offset + 11 > end:
+            raise WireError(FORMERR, "truncated OPT record", query)
+        udp_size, ttl, rdlen = struct.unpack_from("!HIH", data, offset + 3)
+        if offset + 11 + rdlen != end:
+            raise WireError(FORMERR, "OPT record length does not match the packet", query)
+        query.edns = _parse_opt(data, udp_size, ttl, offset + 11, end, query)
+        if query.edns.version > 0:
+            raise WireError(BADVERS, f"EDNS version {query.edns.version}", query)
+        return query
     for section, count in (("answer", ancount), ("authority", nscount), ("additional", arcount)):
         for _ in range(count):
             owner_at = offset

@@ -181,13 +181,14 @@ def choose_endpoints(table: ServiceTable, qtype: int, sel: Selection) -> list[En
             candidates = [ep for ep in spec.endpoints if ep.id in spec.enabled]
         elif mode in ("pool", "static"):
             candidates = spec.fallback
-        sel.note(f"no usable endpoint: fallback '{mode}' with {len(candidates)} endpoint(s)")
+        if sel.trace is not None:
+            sel.note(f"no usable endpoint: fallback '{mode}' with {len(candidates)} endpoint(s)")
         if mode == "servfail":
             return None
     if qtype in (T_A, T_AAAA):
         v6 = qtype == T_AAAA
         usable = [ep for ep in candidates if ep.cname is not None or (ep.ipv6 if v6 else ep.ipv4) is not None]
-        if len(usable) < len(candidates):
+        if len(usable) < len(candidates) and sel.trace is not None:
             sel.note(f"{len(candidates) - len(usable)} endpoint(s) have no {'IPv6' if v6 else 'IPv4'} address")
         candidates = usable
     if sel.trace is not None:
@@ -216,7 +217,8 @@ def _service_records(
     if chosen and chosen[0].cname is not None:
         rr = records[chosen[0].id].cname
         assert rr is not None
-        sel.note(f"answer: CNAME {chosen[0].cname} ({chosen[0].id})")
+        if trace is not None:
+            sel.note(f"answer: CNAME {chosen[0].cname} ({chosen[0].id})")
         return ([rr], None, sel) if qtype == T_CNAME else ([rr], chosen[0].cname, sel)
     if qtype == T_CNAME:
         return [], None, sel
@@ -228,5 +230,6 @@ def _service_records(
                 out.append(rr)
         if out:
             break
-    sel.note("answer: " + (", ".join(str(rr.rdata) for rr in out) or "NODATA"))
+    if trace is not None:
+        sel.note("answer: " + (", ".join(str(rr.rdata) for rr in out) or "NODATA"))
     return out, None, sel

@@ -35,5 +35,6 @@ class ConsistentHashPolicy(Policy):
             return candidates
         key = sel.subnet_key(self.config.prefix_v4, self.config.prefix_v6)
         ordered = rendezvous_order(candidates, key, weighted=any(ep.weight > 0 for ep in candidates))
-        sel.note(f"consistent_hash: client subnet order {', '.join(ep.id for ep in ordered)}")
+        if sel.trace is not None:
+            sel.note(f"consistent_hash: client subnet order {', '.join(ep.id for ep in ordered)}")
         return ordered

@@ -32,5 +32,6 @@ class RoundRobinPolicy(Policy):
             return candidates
         sel.per_query()
         start = sel.client.query_id % len(candidates)
-        sel.note(f"round_robin: rotation {start} of {len(candidates)} (from the query ID)")
+        if sel.trace is not None:
+            sel.note(f"round_robin: rotation {start} of {len(candidates)} (from the query ID)")
         return [*candidates[start:], *candidates[:start]]

@@ -99,7 +99,8 @@ class TopologyPolicy(Policy):
             order = {site: i for i, site in enumerate(sites)}
             chosen = sorted((ep for ep in candidates if ep.site in order), key=lambda ep: order[ep.site])
             if chosen:
-                sel.note(f"topology: {why} -> {', '.join(sites)}")
+                if sel.trace is not None:
+                    sel.note(f"topology: {why} -> {', '.join(sites)}")
                 return chosen
         sel.note("topology: no rule's sites have usable endpoints; keeping all")
         return candidates

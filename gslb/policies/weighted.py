@@ -48,6 +48,7 @@ class WeightedPolicy(Policy):
             sel.per_query()
             key = mix64(sel.client.query_id + 0x9E3779B97F4A7C15)
         ordered = rendezvous_order(pool, key, weighted=bool(positive))
-        sel.note(f"weighted ({'sticky' if self.config.sticky else 'per query'}): "
-                 + ", ".join(f"{ep.id} (w={ep.weight})" for ep in ordered))
+        if sel.trace is not None:
+            sel.note(f"weighted ({'sticky' if self.config.sticky else 'per query'}): "
+                     + ", ".join(f"{ep.id} (w={ep.weight})" for ep in ordered))
         return ordered
