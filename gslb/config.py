@@ -62,6 +62,28 @@ def _parse_hostport(value: Any) -> Any:
 HostPort = Annotated[tuple[str, int], BeforeValidator(_parse_hostport)]
 
 
+def _parse_ip(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_address(value.strip())
+        except ValueError:
+            raise ValueError(f"{value!r} is not a valid IPv4 or IPv6 address") from None
+    return value
+
+
+def _parse_network(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return ipaddress.ip_network(value.strip())
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not a valid network: {exc}") from None
+    return value
+
+
+IpAddress = Annotated[IPv4Address | IPv6Address, BeforeValidator(_parse_ip)]
+IpNetwork = Annotated[IPv4Network | IPv6Network, BeforeValidator(_parse_network)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -101,7 +123,7 @@ class SoaConfig(Strict):
 
 class NameServerConfig(Strict):
     name: DomainName
-    addresses: list[IPv4Address | IPv6Address] = Field(default_factory=list)
+    addresses: list[IpAddress] = Field(default_factory=list)
 
 
 class _RecordBase(Strict):
@@ -176,7 +198,7 @@ class ZoneConfig(Strict):
     soa: SoaConfig = Field(default_factory=lambda: SoaConfig())
     nameservers: list[NameServerConfig] = Field(min_length=1)
     records: list[Record] = Field(default_factory=list)
-    allow_transfer: list[IPv4Network | IPv6Network] = Field(
+    allow_transfer: list[IpNetwork] = Field(
         default_factory=list, description="clients allowed AXFR/IXFR over TCP; none by default"
     )
 
@@ -237,7 +259,7 @@ class FallbackConfig(Strict):
         "static: the 'addresses' here; empty: NODATA; servfail: SERVFAIL"
     )
     endpoints: list[EndpointConfig] = Field(default_factory=list)
-    addresses: list[IPv4Address | IPv6Address] = Field(default_factory=list)
+    addresses: list[IpAddress] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _needs_data(self) -> FallbackConfig:
@@ -318,7 +340,7 @@ def _walk(
         for key_node, value_node in node.value:
             key = str(key_node.value)
             line = key_node.start_mark.line + 1
-            norm = key.lower().rstrip(".")
+            norm = key.lower().rstrip(".") if path in (("zones",), ("services",)) else key
             if norm in seen:
                 duplicates.append(
                     FieldError(path + (key,), f"duplicate key (first defined on line {seen[norm]})", line)
@@ -346,7 +368,7 @@ def _clean_loc(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], in
             continue
         if isinstance(part, int) and out + (part,) not in lines and out in lines:
             continue  # a single mapping given where a list is accepted
-        if isinstance(part, str) and part.startswith(("function-", "json-or-python")):
+        if isinstance(part, str) and part.startswith(("function-", "json-or-python", "lax-or-strict")):
             continue
         out += (part,)
     return out

@@ -44,10 +44,15 @@ def qualify(owner: str, apex: str) -> str:
     raw = owner.strip()
     if raw == "@":
         return apex
+    if not raw or raw == ".":
+        raise ValueError("empty name (use '@' for the zone apex)")
     name = normalize_name(raw)
     if raw.endswith(".") or is_subdomain(name, apex):
         return name
-    return f"{name}.{apex}" if apex else name
+    full = f"{name}.{apex}" if apex else name
+    if len(full) > 253:
+        raise ValueError(f"{raw!r} in {apex} is longer than 253 characters")
+    return full
 
 
 def parent_names(name: str, apex: str) -> list[str]:

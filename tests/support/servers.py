@@ -25,7 +25,7 @@ from gslb.node import Node
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "example.yaml"
-LISTEN_RE = re.compile(r"listening (dns/udp|dns/tcp|http) on \[?([0-9a-fA-F.:]+?)\]?:(\d+)")
+LISTEN_RE = re.compile(r"listening (dns/udp|dns/tcp|http) on (?:\[([0-9a-fA-F:]+)\]|([0-9.]+)):(\d+)")
 
 
 def require_binary(name: str) -> str:
@@ -164,8 +164,8 @@ def node_process(config: Path, *args: str, tmp_path: Path, expect: int = 2) -> I
             time.sleep(0.05)
         else:
             raise AssertionError(f"gslb serve did not log its listeners:\n{handle.log()}")
-        for kind, host, port in LISTEN_RE.findall(handle.log()):
-            handle.listeners.setdefault(kind, (host, int(port)))
+        for kind, host6, host4, port in LISTEN_RE.findall(handle.log()):
+            handle.listeners.setdefault(kind, (host6 or host4, int(port)))
         yield handle
     finally:
         if proc.poll() is None:
