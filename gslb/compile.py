@@ -34,6 +34,8 @@ from gslb.errors import FieldError, GslbError, format_path
 from gslb.geo import GeoDatabase
 from gslb.names import is_subdomain, parent_names, qualify
 from gslb.policies import Policy, make_policy
+from healthmon import Monitor, make_monitor
+from healthmon.scheduler import CheckTarget
 
 Path = tuple[str | int, ...]
 TYPE_A, TYPE_NS, TYPE_CNAME, TYPE_SOA, TYPE_AAAA = QTYPE.A, QTYPE.NS, QTYPE.CNAME, QTYPE.SOA, QTYPE.AAAA
@@ -70,6 +72,9 @@ class ServiceSpec:
     fallback_mode: str
     fallback: tuple[Endpoint, ...]
     records: Mapping[str, EndpointRecords]
+    min_ttl: int = 5
+    checks: Mapping[str, CheckTarget] = field(default_factory=dict)
+    """endpoint id -> the health check deciding whether it is usable (none: always usable)"""
 
 
 @dataclass(frozen=True)
@@ -269,9 +274,15 @@ def _endpoint_records(ep: Endpoint, owner: str, ttl: int) -> EndpointRecords:
     )
 
 
-def _compile_service(name: str, config: GslbConfig, errors: list[FieldError]) -> ServiceSpec | None:
+def _compile_service(name: str, config: GslbConfig, errors: list[FieldError],
+                     monitors: dict[str, Monitor]) -> ServiceSpec | None:
     svc = config.services[name]
     path: Path = ("services", name)
+    if svc.monitor is not None:
+        for i, ep in enumerate(svc.endpoints):
+            if ep.cname and not ep.probe_address:
+                errors.append(FieldError(path + ("endpoints", i, "probe_address"),
+                                         "a monitored CNAME endpoint needs probe_address (the address to check)"))
     known = ", ".join(sorted(config.sites)) or "none defined"
     seen: dict[str, int] = {}
     count = len(errors)
@@ -310,7 +321,17 @@ def _compile_service(name: str, config: GslbConfig, errors: list[FieldError]) ->
         fallback = ()
     records = {ep.id: _endpoint_records(ep, name, svc.ttl) for ep in (*endpoints, *fallback)}
     enabled = frozenset(ep.id for ep in svc.endpoints if ep.enabled)
-    return ServiceSpec(name, svc.ttl, svc.answers, tuple(policies), endpoints, enabled, mode, fallback, records)
+    checks: dict[str, CheckTarget] = {}
+    if svc.monitor is not None:
+        monitor = monitors.setdefault(svc.monitor.model_dump_json(), make_monitor(svc.monitor))
+        for ep in svc.endpoints:
+            address = str(ep.probe_address or ep.ipv4 or ep.ipv6 or "")
+            if not address:
+                continue  # a CNAME endpoint without probe_address: checked at load, see below
+            key = (svc.monitor.model_dump_json(), address)
+            checks[ep.id] = CheckTarget(key, f"{svc.monitor.type}://{address}:{monitor.port}", monitor, address)
+    return ServiceSpec(name, svc.ttl, svc.answers, tuple(policies), endpoints, enabled, mode, fallback, records,
+                       svc.min_ttl, checks)
 
 
 def compile_config(
@@ -330,6 +351,7 @@ def compile_config(
         trees[apex] = _compile_zone(apex, zone, apexes, serial, errors)
 
     services: dict[str, dict[str, ServiceSpec]] = defaultdict(dict)
+    monitors: dict[str, Monitor] = {}
     for name in config.services:
         path: Path = ("services", name)
         home = zone_of(name, apexes)
@@ -346,7 +368,7 @@ def compile_config(
             errors.append(FieldError(path, f"{name} is at or below the delegation point {cut}"))
         if name == home and any(ep.cname for ep in config.services[name].endpoints):
             errors.append(FieldError(path + ("endpoints",), "a GSLB name at the zone apex cannot answer CNAME"))
-        spec = _compile_service(name, config, errors)
+        spec = _compile_service(name, config, errors, monitors)
         if spec is not None:
             services[home][name] = spec
 

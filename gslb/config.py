@@ -29,6 +29,7 @@ from pydantic import (
 from gslb.errors import ConfigError, FieldError
 from gslb.names import normalize_name
 from gslb.policies import POLICIES
+from healthmon import MONITORS
 
 TTL_MAX = 2**31 - 1
 
@@ -222,6 +223,8 @@ class EndpointConfig(Strict):
     cname: DomainName | None = Field(None, description="answer a CNAME to this name (cloud LB hostname)")
     weight: int = Field(1, ge=0, le=1_000_000)
     enabled: bool = True
+    probe_address: IpAddress | None = Field(
+        None, description="address the monitor probes, when not the one answered (NAT, load balancer)")
 
     @model_validator(mode="after")
     def _one_kind(self) -> EndpointConfig:
@@ -245,6 +248,14 @@ def _policy_field() -> Any:
 
 
 PolicyField = _policy_field()
+
+
+def _monitor_field() -> Any:
+    models = tuple(dict.fromkeys(cls.config_model for cls in MONITORS.values()))
+    return Annotated[functools.reduce(operator.or_, models), Field(discriminator="type")]
+
+
+MonitorField = _monitor_field()
 
 
 def _fallback_mode(value: Any) -> Any:
@@ -285,6 +296,8 @@ class ServiceConfig(Strict):
     fallback: Annotated[FallbackConfig, BeforeValidator(_fallback_mode)] = Field(
         default_factory=lambda: FallbackConfig()
     )
+    monitor: MonitorField | None = Field(None, description="health check of every endpoint")  # type: ignore[valid-type]
+    min_ttl: Ttl = Field(5, description="lowest TTL health-aware shortening may go to")
     endpoints: list[EndpointConfig] = Field(min_length=1)
 
 
@@ -355,7 +368,7 @@ def _walk(
             _walk(item, path + (i,), lines, duplicates)
 
 
-_UNION_TAGS = set(RECORD_TYPES) | set(POLICIES)
+_UNION_TAGS = set(RECORD_TYPES) | set(POLICIES) | set(MONITORS)
 
 
 def _clean_loc(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> tuple[str | int, ...]:

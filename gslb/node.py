@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Hashable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,13 @@ from aiohttp import web
 
 from dnsserver.handler import QueryHandler
 from dnsserver.server import DnsServer, ListenerSockets, format_address
+from gslb.compile import CompiledConfig
 from gslb.config import LoadedConfig, load_config
 from gslb.errors import ConfigError
 from gslb.snapshot import Snapshot, build_snapshot
+from healthmon.base import ProbeResult
+from healthmon.scheduler import CheckTarget, Scheduler
+from healthmon.tracker import HealthTracker
 
 log = logging.getLogger("gslb")
 
@@ -30,7 +35,11 @@ class Node:
         self.path = path
         self.loaded = loaded
         self.label = label
-        self.snapshot: Snapshot = build_snapshot(loaded.compiled)
+        self.tracker = HealthTracker()
+        self.scheduler: Scheduler | None = None
+        self._rebuild_scheduled = False
+        self._pending: dict[Hashable, bool] = {}
+        self.snapshot: Snapshot = build_snapshot(loaded.compiled, self.tracker.targets)
         self.handler = QueryHandler(self.snapshot, udp_size=loaded.config.server.dns.edns_udp_size)
         self.dns: DnsServer | None = None
         self.http_address: tuple[str, int] | None = None
@@ -63,17 +72,43 @@ class Node:
         if loaded.config.server != self.loaded.config.server:
             log.warning("config reload: changes under 'server' take effect at the next restart")
         self.loaded = loaded
-        self.snapshot = build_snapshot(loaded.compiled)
-        self.handler.set_snapshot(self.snapshot)
+        if self.scheduler is not None:
+            self.scheduler.sync(check_targets(loaded.compiled))
+        self.rebuild()
         self.reloads += 1
         log.info("config reloaded%s: %d zone(s), %d GSLB name(s), generation %d", self.label,
                  len(self.snapshot.zones), len(self.snapshot.services), self.snapshot.generation)
         return []
 
+    def rebuild(self) -> None:
+        """A new snapshot from the config and the current health, swapped in whole."""
+        self._rebuild_scheduled = False
+        self.snapshot = build_snapshot(self.loaded.compiled, self.tracker.targets)
+        self.handler.set_snapshot(self.snapshot)
+
+    def _request_rebuild(self) -> None:
+        """Coalesce the changes of one loop iteration into one rebuild."""
+        if not self._rebuild_scheduled:
+            self._rebuild_scheduled = True
+            asyncio.get_running_loop().call_soon(self.rebuild)
+
+    def _on_result(self, target: CheckTarget, result: ProbeResult) -> None:
+        # A TTL shortened while a flip is under way changes with every check, and so does
+        # the end of such a period: both need a new snapshot; steady checks do not.
+        pending = self.tracker.targets[target.key].seconds_to_change() is not None
+        if pending or self._pending.get(target.key, False):
+            self._request_rebuild()
+        self._pending[target.key] = pending
+
     async def run(self, listeners: list[ListenerSockets], http: tuple[str, int] | None,
-                  stop: asyncio.Event) -> None:
+                  stop: asyncio.Event, *, monitors: bool = True) -> None:
         dns = self.loaded.config.server.dns
         async with AsyncExitStack() as stack:
+            if monitors:
+                self.scheduler = Scheduler(self.tracker, on_event=lambda _event: self._request_rebuild(),
+                                           on_result=self._on_result)
+                stack.push_async_callback(self.scheduler.close)
+                self.scheduler.sync(check_targets(self.loaded.compiled))
             server = DnsServer(self.handler, listeners, tcp_idle_timeout=dns.tcp_idle_timeout,
                                tcp_max_connections=dns.tcp_max_connections, label=self.label)
             await server.start()
@@ -94,6 +129,16 @@ class Node:
                      len(self.snapshot.zones), len(self.snapshot.services))
             await stop.wait()
             log.info("shutting down%s", self.label)
+
+
+def check_targets(compiled: CompiledConfig) -> list[CheckTarget]:
+    """Every distinct health check the config asks for (shared between names)."""
+    unique: dict[Hashable, CheckTarget] = {}
+    for zone in compiled.zones.values():
+        for spec in zone.services.values():
+            for target in spec.checks.values():
+                unique.setdefault(target.key, target)
+    return list(unique.values())
 
 
 def install_signals(node: Node, stop: asyncio.Event) -> None:

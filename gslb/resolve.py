@@ -213,7 +213,7 @@ def _service_records(
     chosen = choose_endpoints(table, qtype, sel)
     if chosen is None:
         return None, None, sel
-    records = table.spec.records
+    records = table.records
     if chosen and chosen[0].cname is not None:
         rr = records[chosen[0].id].cname
         assert rr is not None

@@ -1,0 +1,104 @@
+"""Running checks on schedule: one task per target, bounded concurrency, measured lag.
+
+A target is (monitor config, address): names that share an endpoint and a monitor share
+its checks. Each verdict change is handed to ``on_event``; every result to ``on_result``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+from healthmon.base import Monitor, ProbeResult
+from healthmon.tracker import Event, HealthTracker
+
+log = logging.getLogger("gslb.health")
+
+
+@dataclass(frozen=True)
+class CheckTarget:
+    key: Hashable
+    name: str
+    monitor: Monitor
+    address: str
+
+
+@dataclass
+class SchedulerStats:
+    checks: int = 0
+    failures: int = 0
+    lag_samples: list[float] = field(default_factory=list)
+
+    def lag(self, value: float) -> None:
+        self.lag_samples.append(value)
+        if len(self.lag_samples) > 10_000:
+            del self.lag_samples[:5_000]
+
+    def lag_quantile(self, q: float) -> float:
+        if not self.lag_samples:
+            return 0.0
+        ordered = sorted(self.lag_samples)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class Scheduler:
+    def __init__(self, tracker: HealthTracker, *, concurrency: int = 512,
+                 on_event: Callable[[Event], None] | None = None,
+                 on_result: Callable[[CheckTarget, ProbeResult], None] | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.tracker = tracker
+        self.semaphore = asyncio.Semaphore(concurrency)
+        self.on_event = on_event
+        self.on_result = on_result
+        self.rng = rng or random.Random()
+        self.tasks: dict[Hashable, asyncio.Task[None]] = {}
+        self.stats = SchedulerStats()
+
+    def sync(self, targets: list[CheckTarget]) -> None:
+        """Run exactly these targets: start new ones, stop ones that went away."""
+        wanted = {t.key: t for t in targets}
+        for key in list(self.tasks):
+            if key not in wanted:
+                self.tasks.pop(key).cancel()
+                self.tracker.targets.pop(key, None)
+        for key, target in wanted.items():
+            if key not in self.tasks:
+                self.tracker.add(key, target.name, target.monitor.config)
+                self.tasks[key] = asyncio.get_running_loop().create_task(self._run(target), name=f"check {target.name}")
+
+    async def _run(self, target: CheckTarget) -> None:
+        cfg = target.monitor.config
+        # spread the first checks over one interval so a start does not probe everything at once
+        due = time.monotonic() + self.rng.uniform(0, min(cfg.interval, 1.0) * cfg.jitter)
+        while True:
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            async with self.semaphore:
+                self.stats.lag(max(0.0, time.monotonic() - due))
+                result = await target.monitor.probe(target.address)
+            self.stats.checks += 1
+            if not result.ok:
+                self.stats.failures += 1
+            event = self.tracker.record(target.key, result)
+            if self.on_result is not None:
+                self.on_result(target, result)
+            if event is not None:
+                log.info("health %s: %s -> %s (%s)", event.target, event.old, event.new, event.reason)
+                if self.on_event is not None:
+                    self.on_event(event)
+            spread = cfg.interval * cfg.jitter
+            due += cfg.interval + (self.rng.uniform(-spread, spread) / 2 if spread else 0)
+            now = time.monotonic()
+            if due < now - cfg.interval:  # fell far behind (overload, suspend): do not burst to catch up
+                due = now
+
+    async def close(self) -> None:
+        for task in self.tasks.values():
+            task.cancel()
+        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
