@@ -55,6 +55,19 @@ class Node:
             "serials": serials,
             "reloads": self.reloads,
             "dns": [format_address(h, p) for h, p in (self.dns.addresses if self.dns else [])],
+            "health": self.health_status(),
+        }
+
+    def health_status(self) -> dict[str, Any]:
+        targets = self.tracker.targets.values()
+        stats = self.scheduler.stats if self.scheduler is not None else None
+        return {
+            "targets": len(self.tracker.targets),
+            "down": sum(1 for t in targets if t.state == "down"),
+            "checks": stats.checks if stats else 0,
+            "failed_checks": stats.failures if stats else 0,
+            "lag_p50_ms": round(stats.lag_quantile(0.5) * 1000, 2) if stats else 0.0,
+            "lag_p99_ms": round(stats.lag_quantile(0.99) * 1000, 2) if stats else 0.0,
         }
 
     def _serial(self) -> int:
