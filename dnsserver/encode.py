@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from dnslib import DNSHeader, DNSLabel, DNSQuestion, DNSRecord
+from dnslib import RR, DNSBuffer, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
 from dnsserver.wire import COPIED_FLAGS, FLAG_AA, FLAG_QR, FLAG_TC, ParsedQuery, opt_record
 from gslb.resolve import Answer
@@ -54,6 +54,38 @@ def prepare(answer: Answer, labels: tuple[bytes, ...], qtype: int, qclass: int) 
     else:
         reduced = _pack(labels, qtype, qclass, answer, False)
     return Prepared(flags, full, reduced)
+
+
+class _PlainBuffer(DNSBuffer):  # type: ignore[misc]
+    """Writes names uncompressed, so packed rdata can be placed anywhere in a message."""
+
+    def encode_name(self, name: object) -> None:
+        self.encode_name_nocompress(name)
+
+
+def plain_rdata(rr: RR) -> bytes:
+    buffer = _PlainBuffer()
+    rr.rdata.pack(buffer)
+    return bytes(buffer.data)
+
+
+def prepare_negative(answer: Answer, labels: tuple[bytes, ...], soa_rdata: bytes) -> Prepared:
+    """NXDOMAIN/NODATA with only the SOA in authority, without a general encoder: the SOA's
+    owner (the apex) is a pointer into the question, its rdata packed once per zone. This is
+    the reply a random-subdomain flood asks for, so it must stay cheap."""
+    soa = answer.authority[0]
+    apex_labels = len(soa.rname.label)
+    prefix = sum(len(label) + 1 for label in labels[: len(labels) - apex_labels])
+    body = (struct.pack("!HHHIH", 0xC000 | (12 + prefix), soa.rtype, soa.rclass, soa.ttl, len(soa_rdata))
+            + soa_rdata)
+    flags = FLAG_QR | (FLAG_AA if answer.authoritative else 0) | (answer.rcode & 0xF)
+    section = (0, 1, 0, body)
+    return Prepared(flags, section, section)
+
+
+def is_plain_negative(answer: Answer) -> bool:
+    return (not answer.answer and not answer.additional and len(answer.authority) == 1
+            and answer.authority[0].rtype == 6)
 
 
 def build_reply(prepared: Prepared, query: ParsedQuery, *, max_size: int | None, udp_size: int,

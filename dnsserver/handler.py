@@ -16,7 +16,7 @@ from collections import Counter
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
-from dnsserver.encode import Prepared, build_reply, prepare
+from dnsserver.encode import Prepared, build_reply, is_plain_negative, plain_rdata, prepare, prepare_negative
 from dnsserver.transfer import axfr_messages, transfer_allowed
 from dnsserver.wire import (
     FORMERR,
@@ -63,6 +63,7 @@ class QueryHandler:
         self._prepared: dict[tuple[tuple[bytes, ...], int, int], Prepared] = {}
         self._bodies: dict[tuple[Any, ...], Prepared] = {}
         self._addresses: dict[str, IPv4Address | IPv6Address] = {}
+        self._soa_rdata: dict[int, bytes] = {}
 
     def handle(self, data: bytes, client: str) -> bytes | None:
         """The reply to one UDP datagram, or None when it gets none. Never raises."""
@@ -145,6 +146,14 @@ class QueryHandler:
                *map(id, answer.answer), None, *map(id, answer.authority), None, *map(id, answer.additional))
         prepared = self._bodies.get(key)
         if prepared is None:
+            if is_plain_negative(answer):
+                soa = answer.authority[0]
+                rdata = self._soa_rdata.get(id(soa))
+                if rdata is None:
+                    rdata = self._soa_rdata[id(soa)] = plain_rdata(soa)
+                # not remembered: for a negative answer the name is the only variable part,
+                # and random names would only churn the cache
+                return prepare_negative(answer, query.labels, rdata)
             prepared = prepare(answer, query.labels, query.qtype, query.qclass)
             self._remember(self._bodies, key, prepared)
         return prepared

@@ -217,6 +217,7 @@ def _parse_opt(data: bytes, udp_size: int, ttl: int, start: int, end: int, query
         options.append((code, data[offset : offset + length]))
         offset += length
     edns = Edns(max(udp_size, 512), (ttl >> 16) & 0xFF, bool(ttl & 0x8000), options)
+    query.edns = edns  # an error below still answers with OPT (RFC 6891 6.1.1)
     for code, value in options:
         if code == OPTION_ECS:
             if edns.ecs is not None:

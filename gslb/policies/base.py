@@ -106,7 +106,10 @@ class Selection:
         bits = address.max_prefixlen
         self.depends_on(prefix)
         value = int(address) >> (bits - prefix) << (bits - prefix)
-        return value ^ (0x6 << 128 if isinstance(address, IPv6Address) else 0)
+        if bits == 32:
+            return value
+        # fold an IPv6 prefix into 64 bits: the low half of a /56 key is all zero
+        return mix64(value >> 64) ^ (value & MASK64) ^ 0x6
 
 
 class Policy(ABC):
