@@ -55,8 +55,10 @@ class GeoPolicy(Policy):
         self._memo: dict[tuple[Location, frozenset[str]], list[tuple[float, str]]] = {}
 
     def check(self, sites: set[str], endpoint_ids: set[str]) -> list[tuple[tuple[str | int, ...], str]]:
-        errors: list[tuple[tuple[str | int, ...], str]] = [(("bias", site), f"unknown site {site!r} (sites: {', '.join(sorted(sites))})")
-                  for site in self.config.bias if site not in sites]
+        known = ", ".join(sorted(sites))
+        errors: list[tuple[tuple[str | int, ...], str]] = [
+            (("bias", site), f"unknown site {site!r} (sites: {known})") for site in self.config.bias if site not in sites
+        ]
         for key, mapping in (("countries", self.config.countries), ("continents", self.config.continents)):
             for code, names in mapping.items():
                 errors += unknown_sites(names, sites, (key, code))
