@@ -57,7 +57,9 @@ class GeoPolicy(Policy):
     def check(self, sites: set[str], endpoint_ids: set[str]) -> list[tuple[tuple[str | int, ...], str]]:
         known = ", ".join(sorted(sites))
         errors: list[tuple[tuple[str | int, ...], str]] = [
-            (("bias", site), f"unknown site {site!r} (sites: {known})") for site in self.config.bias if site not in sites
+            (("bias", site), f"unknown site {site!r} (sites: {known})")
+            for site in self.config.bias
+            if site not in sites
         ]
         for key, mapping in (("countries", self.config.countries), ("continents", self.config.continents)):
             for code, names in mapping.items():
