@@ -41,7 +41,7 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = False, attempts: i
     last: OSError | None = None
     for _ in range(attempts if port == 0 else 1):
         udp = socket.socket(family, socket.SOCK_DGRAM)
-        tcp = socket.socket(family, socket.SOCK_STREAM)
+        tcp = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # asyncio then sets TCP_NODELAY
         try:
             for sock in (udp, tcp):
                 if reuse_port:

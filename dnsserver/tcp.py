@@ -48,6 +48,7 @@ class TcpProtocol(asyncio.Protocol):
         self.buffer = bytearray()
         self.client = ""
         self.last_active = time.monotonic()
+        self.paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -61,12 +62,17 @@ class TcpProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
+        self.buffer += data
+        self._answer_buffered()
+
+    def _answer_buffered(self) -> None:
+        """Answer every complete message, stopping as soon as the client's unread replies
+        pass the transport's high-water mark (``pause_writing``): the rest waits here."""
         buf = self.buffer
-        buf += data
         transport = self.transport
         assert transport is not None
         exact = self.handler.exact_tcp
-        while len(buf) >= 2:
+        while not self.paused and len(buf) >= 2:
             size = (buf[0] << 8) | buf[1]
             if len(buf) < size + 2:
                 break
@@ -82,13 +88,16 @@ class TcpProtocol(asyncio.Protocol):
                 return
 
     def pause_writing(self) -> None:
-        # The client is not reading its answers: stop reading its queries until it does.
+        # The client is not reading its answers: stop reading and answering its queries.
+        self.paused = True
         if self.transport is not None:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.paused = False
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
+            self._answer_buffered()
 
     def eof_received(self) -> bool | None:
         return False  # close our side once the replies are flushed
