@@ -265,7 +265,7 @@ def _endpoint(ep: EndpointConfig) -> Endpoint:
     return Endpoint(ep.id, ep.site, ep.ipv4, ep.ipv6, ep.cname, ep.weight, stable_seed(ep.id))
 
 
-def _endpoint_records(ep: Endpoint, owner: str, ttl: int) -> EndpointRecords:
+def endpoint_records(ep: Endpoint, owner: str, ttl: int) -> EndpointRecords:
     label = _label(owner)
     return EndpointRecords(
         RR(label, TYPE_A, ttl=ttl, rdata=A(str(ep.ipv4))) if ep.ipv4 else None,
@@ -319,7 +319,7 @@ def _compile_service(name: str, config: GslbConfig, errors: list[FieldError],
         )
     else:
         fallback = ()
-    records = {ep.id: _endpoint_records(ep, name, svc.ttl) for ep in (*endpoints, *fallback)}
+    records = {ep.id: endpoint_records(ep, name, svc.ttl) for ep in (*endpoints, *fallback)}
     enabled = frozenset(ep.id for ep in svc.endpoints if ep.enabled)
     checks: dict[str, CheckTarget] = {}
     if svc.monitor is not None:

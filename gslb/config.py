@@ -102,6 +102,9 @@ class DnsListenerConfig(Strict):
 
 class HttpListenerConfig(Strict):
     listen: HostPort | None = ("127.0.0.1", 8053)
+    token: str | None = Field(None, min_length=16, description="bearer token for write calls")
+    token_env: str = Field("GSLB_API_TOKEN", description="environment variable read when 'token' is unset")
+    read_token: bool = Field(False, description="require the token for reads too")
 
 
 class ServerConfig(Strict):

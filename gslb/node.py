@@ -10,7 +10,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Hashable
+from collections.abc import Coroutine, Hashable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -21,20 +21,24 @@ from dnsserver.handler import QueryHandler
 from dnsserver.server import DnsServer, ListenerSockets, format_address
 from gslb.compile import CompiledConfig
 from gslb.config import LoadedConfig, load_config
-from gslb.errors import ConfigError
+from gslb.errors import ConfigError, StoreError
 from gslb.snapshot import Snapshot, build_snapshot
+from gslb.store import Drain, MemoryStore, Overrides, StateStore, StoreEvent
 from healthmon.base import ProbeResult
 from healthmon.scheduler import CheckTarget, Scheduler
-from healthmon.tracker import HealthTracker
+from healthmon.tracker import Event, HealthTracker
 
 log = logging.getLogger("gslb")
 
 
 class Node:
-    def __init__(self, path: Path, loaded: LoadedConfig, *, label: str = "") -> None:
+    def __init__(self, path: Path, loaded: LoadedConfig, *, label: str = "",
+                 store: StateStore | None = None) -> None:
         self.path = path
         self.loaded = loaded
         self.label = label
+        self.store: StateStore = store or MemoryStore()
+        self.overrides = Overrides()
         self.tracker = HealthTracker()
         self.scheduler: Scheduler | None = None
         self._rebuild_scheduled = False
@@ -45,6 +49,7 @@ class Node:
         self.http_address: tuple[str, int] | None = None
         self.reloads = 0
         self.started = time.time()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def status(self) -> dict[str, Any]:
         serials = {apex: zone.soa.rrs[0].rdata.times[0] for apex, zone in self.snapshot.zones.items()}
@@ -57,6 +62,45 @@ class Node:
             "dns": [format_address(h, p) for h, p in (self.dns.addresses if self.dns else [])],
             "health": self.health_status(),
         }
+
+    def describe_services(self) -> list[dict[str, Any]]:
+        """Every GSLB name with its endpoints as the current snapshot sees them."""
+        out = []
+        for name, table in sorted(self.snapshot.services.items()):
+            spec = table.spec
+            usable = {ep.id for ep in table.candidates}
+            registered = {r.id: r for r in self.overrides.registrations if r.service == name}
+            endpoints = []
+            for ep in (*spec.endpoints, *(e for e in table.admitted if e.id in registered)):
+                check = spec.checks.get(ep.id)
+                health = self.tracker.targets.get(check.key) if check is not None else None
+                drain = table.drained.get(ep.id)
+                endpoints.append({
+                    "id": ep.id, "site": ep.site,
+                    "ipv4": str(ep.ipv4) if ep.ipv4 else None, "ipv6": str(ep.ipv6) if ep.ipv6 else None,
+                    "cname": ep.cname, "weight": ep.weight,
+                    "enabled": ep.id in spec.enabled or ep.id in registered,
+                    "registered": ep.id in registered,
+                    "usable": ep.id in usable,
+                    "drained": drain.to_json() if drain else None,
+                    "health": None if health is None else {
+                        "state": health.state, "since": health.since, "flaps": health.flaps,
+                        "check": check.name if check else None,
+                        "last_checked": health.last_checked,
+                        "last_result": None if health.last_result is None else {
+                            "ok": health.last_result.ok, "detail": health.last_result.detail,
+                            "latency_ms": round(health.last_result.latency * 1000, 2)},
+                    },
+                })
+            out.append({"name": name, "ttl": spec.ttl, "ttl_now": table.ttl, "answers": spec.answers,
+                        "policy": [p.config.model_dump(mode="json") for p in spec.policies],
+                        "fallback": spec.fallback_mode, "endpoints": endpoints})
+        return out
+
+    def drain_matches(self, drain: Drain) -> list[str]:
+        return list(dict.fromkeys(
+            f"{name}/{ep.id}" for name, table in self.snapshot.services.items()
+            for ep in (*table.spec.endpoints, *table.admitted) if drain.matches(name, ep.id, ep.site)))
 
     def health_status(self) -> dict[str, Any]:
         targets = self.tracker.targets.values()
@@ -96,7 +140,7 @@ class Node:
     def rebuild(self) -> None:
         """A new snapshot from the config and the current health, swapped in whole."""
         self._rebuild_scheduled = False
-        self.snapshot = build_snapshot(self.loaded.compiled, self.tracker.targets)
+        self.snapshot = build_snapshot(self.loaded.compiled, self.tracker.targets, self.overrides)
         self.handler.set_snapshot(self.snapshot)
 
     def _request_rebuild(self) -> None:
@@ -104,6 +148,28 @@ class Node:
         if not self._rebuild_scheduled:
             self._rebuild_scheduled = True
             asyncio.get_running_loop().call_soon(self.rebuild)
+
+    async def refresh_overrides(self) -> None:
+        """Take a fresh copy of drains and registrations from the store, then rebuild."""
+        try:
+            self.overrides = await self.store.overrides()
+        except StoreError as exc:
+            log.warning("state store unreadable, answering from the last known state: %s", exc)
+            return
+        self.rebuild()
+
+    def _on_store_change(self) -> None:
+        self._spawn(self.refresh_overrides())
+
+    def _on_health_event(self, event: Event) -> None:
+        self._request_rebuild()
+        self._spawn(self.store.add_event(
+            StoreEvent(event.at, "health", event.target, event.old, event.new, event.reason)))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _on_result(self, target: CheckTarget, result: ProbeResult) -> None:
         # A TTL shortened while a flip is under way changes with every check, and so does
@@ -117,8 +183,12 @@ class Node:
                   stop: asyncio.Event, *, monitors: bool = True) -> None:
         dns = self.loaded.config.server.dns
         async with AsyncExitStack() as stack:
+            await self.store.start()
+            stack.push_async_callback(self.store.close)
+            self.store.on_change(self._on_store_change)
+            await self.refresh_overrides()
             if monitors:
-                self.scheduler = Scheduler(self.tracker, on_event=lambda _event: self._request_rebuild(),
+                self.scheduler = Scheduler(self.tracker, on_event=self._on_health_event,
                                            on_result=self._on_result)
                 stack.push_async_callback(self.scheduler.close)
                 self.scheduler.sync(check_targets(self.loaded.compiled))

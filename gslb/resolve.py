@@ -178,7 +178,7 @@ def choose_endpoints(table: ServiceTable, qtype: int, sel: Selection) -> list[En
     if not candidates:
         mode = spec.fallback_mode
         if mode == "all":
-            candidates = [ep for ep in spec.endpoints if ep.id in spec.enabled]
+            candidates = table.admitted
         elif mode in ("pool", "static"):
             candidates = spec.fallback
         if sel.trace is not None:

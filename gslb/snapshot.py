@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from dnslib import RR
 
-from gslb.compile import CompiledConfig, EndpointRecords, ServiceSpec, ZoneData
+from gslb.compile import CompiledConfig, EndpointRecords, ServiceSpec, ZoneData, endpoint_records
 from gslb.config import SiteConfig
-from gslb.endpoint import Endpoint
+from gslb.endpoint import Endpoint, stable_seed
 from gslb.geo import GeoDatabase
+from gslb.store.base import Drain, Overrides, Registration
 
 _generations = itertools.count(1)
 
@@ -27,9 +28,13 @@ class ServiceTable:
 
     spec: ServiceSpec
     candidates: tuple[Endpoint, ...]
+    """Enabled (or registered), not drained, not down: what policies choose among."""
+    admitted: tuple[Endpoint, ...]
+    """Enabled (or registered) and not drained, whatever their health: the fail-open set."""
     records: Mapping[str, EndpointRecords]
     """Answer records per endpoint, with the TTL in force (shortened while health may flip)."""
     ttl: int
+    drained: Mapping[str, Drain] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Snapshot:
     services: Mapping[str, ServiceTable]
     sites: Mapping[str, SiteConfig]
     geo: GeoDatabase | None = None
+    overrides: Overrides = field(default_factory=Overrides)
 
 
 class HealthView(Protocol):
@@ -50,16 +56,40 @@ class HealthView(Protocol):
     def seconds_to_change(self) -> float | None: ...
 
 
-def build_snapshot(compiled: CompiledConfig, health: Mapping[Hashable, HealthView] | None = None) -> Snapshot:
-    """Combine config and health. An endpoint is usable when enabled and not down; a check
-    with no verdict yet counts as its monitor's ``initial`` state (tracked by the caller)."""
+def registered_endpoint(reg: Registration) -> Endpoint:
+    return Endpoint(reg.id, reg.site, reg.ipv4, reg.ipv6, None, reg.weight, stable_seed(reg.id))
+
+
+def build_snapshot(compiled: CompiledConfig, health: Mapping[Hashable, HealthView] | None = None,
+                   overrides: Overrides | None = None) -> Snapshot:
+    """Combine config, health and overrides. An endpoint is a candidate when enabled (or
+    registered and heartbeating), not drained and not down; a check with no verdict yet
+    counts as its monitor's ``initial`` state (tracked by the caller)."""
     health = health or {}
+    overrides = overrides or Overrides()
+    registered: dict[str, list[Registration]] = {}
+    for reg in overrides.registrations:
+        registered.setdefault(reg.service, []).append(reg)
     services = {}
     for zone in compiled.zones.values():
         for name, spec in zone.services.items():
-            usable = []
+            joined = [registered_endpoint(r) for r in sorted(registered.get(name, ()), key=lambda r: r.id)]
+            joined_ids = {ep.id for ep in joined}
+            records = spec.records
+            if joined:
+                records = {**records, **{ep.id: endpoint_records(ep, name, spec.ttl) for ep in joined}}
+            usable: list[Endpoint] = []
+            admitted: list[Endpoint] = []
+            drained: dict[str, Drain] = {}
             soonest: float | None = None
-            for ep in spec.endpoints:
+            for ep in (*spec.endpoints, *joined):
+                if ep.id not in spec.enabled and ep.id not in joined_ids:
+                    continue
+                drain = overrides.drained(name, ep.id, ep.site) if overrides.drains else None
+                if drain is not None:
+                    drained[ep.id] = drain
+                    continue
+                admitted.append(ep)
                 check = spec.checks.get(ep.id)
                 view = health.get(check.key) if check is not None else None
                 if view is not None:
@@ -68,15 +98,13 @@ def build_snapshot(compiled: CompiledConfig, health: Mapping[Hashable, HealthVie
                         soonest = change if soonest is None else min(soonest, change)
                     if view.state == "down":
                         continue
-                if ep.id in spec.enabled:
-                    usable.append(ep)
+                usable.append(ep)
             ttl = spec.ttl
-            records = spec.records
             if soonest is not None and soonest < ttl:
                 ttl = max(spec.min_ttl, int(soonest))
-                records = {eid: _with_ttl(recs, ttl) for eid, recs in spec.records.items()}
-            services[name] = ServiceTable(spec, tuple(usable), records, ttl)
-    return Snapshot(next(_generations), compiled.zones, services, compiled.sites, compiled.geo)
+                records = {eid: _with_ttl(recs, ttl) for eid, recs in records.items()}
+            services[name] = ServiceTable(spec, tuple(usable), tuple(admitted), records, ttl, drained)
+    return Snapshot(next(_generations), compiled.zones, services, compiled.sites, compiled.geo, overrides)
 
 
 def _with_ttl(records: EndpointRecords, ttl: int) -> EndpointRecords:
