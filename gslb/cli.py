@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("-c", "--config", required=True, type=Path)
 
+    demo = sub.add_parser("demo", help="three local backends, one node: watch failover live")
+    demo.add_argument("--dns", type=_hostport, metavar="127.0.0.1:PORT", help="DNS port for the demo node")
+    demo.add_argument("--script", help="timetable instead of keys, e.g. '3:stop eu-west,9:start eu-west'")
+    demo.add_argument("--duration", type=float, help="stop after this many seconds")
+
     explain = sub.add_parser("explain", help="which answer a client gets, and why")
     explain.add_argument("-c", "--config", required=True, type=Path)
     explain.add_argument("name")
@@ -61,7 +66,22 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args.config)
     if args.command == "explain":
         return cmd_explain(args)
+    if args.command == "demo":
+        return cmd_demo(args)
     return cmd_serve(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gslb.demo import parse_script, run_demo
+
+    try:
+        script = parse_script(args.script) if args.script else None
+    except ValueError as exc:
+        print(f"gslb demo: {exc}", file=sys.stderr)
+        return 2
+    _use_uvloop()
+    return asyncio.run(run_demo(dns_port=args.dns[1] if args.dns else 0, script=script,
+                                duration=args.duration, keys=script is None))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
