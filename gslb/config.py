@@ -372,6 +372,7 @@ def _walk(
 
 
 _UNION_TAGS = set(RECORD_TYPES) | set(POLICIES) | set(MONITORS)
+_TYPE_TAGS = {"int", "str", "float", "bool", "list", "dict", "none"}
 
 
 def _clean_loc(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> tuple[str | int, ...]:
@@ -382,6 +383,8 @@ def _clean_loc(loc: tuple[str | int, ...], lines: dict[tuple[str | int, ...], in
             continue
         if isinstance(part, str) and part in _UNION_TAGS and out + (part,) not in lines:
             continue
+        if isinstance(part, str) and part in _TYPE_TAGS and out + (part,) not in lines:
+            continue  # pydantic names the member of an 'int | str' union that failed
         if isinstance(part, int) and out + (part,) not in lines and out in lines:
             continue  # a single mapping given where a list is accepted
         if isinstance(part, str) and part.startswith(("function-", "json-or-python", "lax-or-strict")):

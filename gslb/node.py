@@ -192,6 +192,7 @@ class Node:
                                            on_result=self._on_result)
                 stack.push_async_callback(self.scheduler.close)
                 self.scheduler.sync(check_targets(self.loaded.compiled))
+                self.rebuild()  # the targets' initial states (initial: down) apply from the start
             server = DnsServer(self.handler, listeners, tcp_idle_timeout=dns.tcp_idle_timeout,
                                tcp_max_connections=dns.tcp_max_connections, label=self.label)
             await server.start()

@@ -11,10 +11,19 @@ import asyncio
 import random
 from typing import Literal
 
-from dnslib import QTYPE, RCODE, DNSRecord
+from dnslib import QTYPE, RCODE, DNSError, DNSRecord
 from pydantic import Field, field_validator
 
 from healthmon.base import Monitor, MonitorConfig, register
+
+
+def _known(table: object, name: str) -> bool:
+    """dnslib's tables raise their own error, not AttributeError, for unknown names."""
+    try:
+        getattr(table, name)
+    except (AttributeError, DNSError):
+        return False
+    return True
 
 
 class DnsConfig(MonitorConfig):
@@ -27,14 +36,14 @@ class DnsConfig(MonitorConfig):
     @field_validator("qtype")
     @classmethod
     def _qtype(cls, value: str) -> str:
-        if not hasattr(QTYPE, value.upper()):
+        if not _known(QTYPE, value.upper()):
             raise ValueError(f"unknown query type {value!r}")
         return value.upper()
 
     @field_validator("expect_rcode")
     @classmethod
     def _rcode(cls, value: str) -> str:
-        if not hasattr(RCODE, value.upper()):
+        if not _known(RCODE, value.upper()):
             raise ValueError(f"unknown rcode {value!r}")
         return value.upper()
 

@@ -37,12 +37,14 @@ def _status_ranges(values: list[int | str]) -> list[tuple[int, int]]:
     out = []
     for value in values:
         text = str(value).strip()
-        low, _, high = text.partition("-")
-        if not low.isdigit() or (high and not high.isdigit()):
+        low, dash, high = text.partition("-")
+        if not low.isdigit() or (dash and not high.isdigit()):
             raise ValueError(f"{value!r} is not a status code or a range like 200-299")
         lo, hi = int(low), int(high or low)
-        if not 100 <= lo <= hi <= 599:
+        if not (100 <= lo <= 599 and 100 <= hi <= 599):
             raise ValueError(f"{value!r} is not within 100-599")
+        if lo > hi:
+            raise ValueError(f"{value!r}: the range starts above its end")
         out.append((lo, hi))
     return out
 

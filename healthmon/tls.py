@@ -50,12 +50,24 @@ class TlsMonitor(Monitor):
         cfg = self.config
         async with asyncio.timeout(cfg.timeout):
             try:
-                _, writer = await asyncio.open_connection(address, self.port, ssl=self.context,
-                                                          server_hostname=cfg.server_name or address)
+                reader, writer = await asyncio.open_connection(address, self.port, ssl=self.context,
+                                                               server_hostname=cfg.server_name or address)
             except ssl.SSLError as exc:
                 return False, f"TLS handshake failed: {exc.reason or exc}"
             try:
                 not_after = peer_not_after(writer.get_extra_info("ssl_object"))
+                # With TLS 1.3 the client finishes its handshake before the server has judged
+                # the client certificate; a server that rejects it says so right after.
+                # Servers that refuse close at once, with an alert or (Python's ssl) with none.
+                try:
+                    first = await asyncio.wait_for(reader.read(1), min(0.25, cfg.timeout / 2))
+                except TimeoutError:
+                    first = None  # the server waits for us to speak: the session stands
+                except (ssl.SSLError, ConnectionError) as exc:
+                    return False, f"TLS session refused by the server: {getattr(exc, 'reason', None) or exc}"
+                if first == b"":
+                    return False, ("the server closed the session right after the handshake "
+                                   "(client certificate refused?)")
             finally:
                 writer.close()
         return expiry_verdict(not_after, warn_days=cfg.warn_days, fail_days=cfg.fail_days)
