@@ -87,8 +87,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     import json
 
-    from dnslib import QTYPE
-
     from gslb.explain import explain, format_explanation
     from gslb.snapshot import build_snapshot
 
@@ -98,7 +96,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     try:
-        getattr(QTYPE, args.type.upper())
         result = explain(build_snapshot(loaded.compiled), args.name, args.type, args.client, args.ecs)
     except (ValueError, AttributeError) as exc:
         print(f"gslb explain: {exc}", file=sys.stderr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from ipaddress import ip_address, ip_network
 from typing import Any
 
-from dnslib import QTYPE, RCODE
+from dnslib import QTYPE, RCODE, DNSError
 
 from gslb.endpoint import Client
 from gslb.names import normalize_name
@@ -22,7 +22,10 @@ def explain(snapshot: Snapshot, name: str, qtype: str, client: str, ecs: str | N
             query_id: int = 0) -> dict[str, Any]:
     """Resolve ``name``/``qtype`` for ``client`` (optionally behind ECS subnet ``ecs``)."""
     qname = normalize_name(name)
-    code = getattr(QTYPE, qtype.upper())
+    try:
+        code = getattr(QTYPE, qtype.upper())
+    except (AttributeError, DNSError):
+        raise ValueError(f"unknown query type {qtype!r}") from None
     subnet = ip_network(ecs, strict=False) if ecs else None
     trace: list[str] = []
     answer = resolve(snapshot, Query(qname, code), Client(ip_address(client), subnet, query_id), trace=trace)

@@ -21,8 +21,9 @@ from dnsserver.handler import QueryHandler
 from dnsserver.server import DnsServer, ListenerSockets, format_address
 from gslb.compile import CompiledConfig
 from gslb.config import LoadedConfig, load_config
+from gslb.endpoint import Endpoint
 from gslb.errors import ConfigError, StoreError
-from gslb.snapshot import Snapshot, build_snapshot
+from gslb.snapshot import Snapshot, build_snapshot, registered_endpoint
 from gslb.store import Drain, MemoryStore, Overrides, StateStore, StoreEvent
 from healthmon.base import ProbeResult
 from healthmon.scheduler import CheckTarget, Scheduler
@@ -71,7 +72,7 @@ class Node:
             usable = {ep.id for ep in table.candidates}
             registered = {r.id: r for r in self.overrides.registrations if r.service == name}
             endpoints = []
-            for ep in (*spec.endpoints, *(e for e in table.admitted if e.id in registered)):
+            for ep in (*spec.endpoints, *(registered_endpoint(r) for r in registered.values())):
                 check = spec.checks.get(ep.id)
                 health = self.tracker.targets.get(check.key) if check is not None else None
                 drain = table.drained.get(ep.id)
@@ -98,9 +99,11 @@ class Node:
         return out
 
     def drain_matches(self, drain: Drain) -> list[str]:
-        return list(dict.fromkeys(
-            f"{name}/{ep.id}" for name, table in self.snapshot.services.items()
-            for ep in (*table.spec.endpoints, *table.admitted) if drain.matches(name, ep.id, ep.site)))
+        joined: dict[str, list[Endpoint]] = {}
+        for reg in self.overrides.registrations:
+            joined.setdefault(reg.service, []).append(registered_endpoint(reg))
+        return [f"{name}/{ep.id}" for name, table in self.snapshot.services.items()
+                for ep in (*table.spec.endpoints, *joined.get(name, ())) if drain.matches(name, ep.id, ep.site)]
 
     def health_status(self) -> dict[str, Any]:
         targets = self.tracker.targets.values()
