@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from gslb.endpoint import Client, Endpoint
 from gslb.geo import GeoDatabase, Location
@@ -25,6 +25,13 @@ class PolicyConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     type: str
+
+
+class SubnetHashConfig(PolicyConfig):
+    """Options of policies that hash the client's subnet (sticky picks, tie-breaks)."""
+
+    prefix_v4: int = Field(24, ge=0, le=32, description="IPv4 client subnet length hashed")
+    prefix_v6: int = Field(56, ge=0, le=128, description="IPv6 client subnet length hashed")
 
 
 def mix64(value: int) -> int:

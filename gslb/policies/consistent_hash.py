@@ -12,16 +12,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import Field
-
 from gslb.endpoint import Endpoint
-from gslb.policies.base import Policy, PolicyConfig, Selection, register, rendezvous_order
+from gslb.policies.base import Policy, Selection, SubnetHashConfig, register, rendezvous_order
 
 
-class ConsistentHashConfig(PolicyConfig):
+class ConsistentHashConfig(SubnetHashConfig):
     type: Literal["consistent_hash"] = "consistent_hash"
-    prefix_v4: int = Field(24, ge=0, le=32)
-    prefix_v6: int = Field(56, ge=0, le=128)
 
 
 @register

@@ -29,10 +29,18 @@ from pydantic import Field
 
 from gslb.endpoint import Endpoint, stable_seed
 from gslb.geo import Location, distance_km
-from gslb.policies.base import Coordinates, Policy, PolicyConfig, Selection, mix64, register, unknown_sites
+from gslb.policies.base import (
+    Coordinates,
+    Policy,
+    Selection,
+    SubnetHashConfig,
+    mix64,
+    register,
+    unknown_sites,
+)
 
 
-class GeoConfig(PolicyConfig):
+class GeoConfig(SubnetHashConfig):
     type: Literal["geo"] = "geo"
     bias: dict[str, int] = Field(default_factory=dict, description="site -> -99..99")
     countries: dict[str, list[str]] = Field(default_factory=dict)
@@ -40,8 +48,6 @@ class GeoConfig(PolicyConfig):
     sites: int = Field(1, ge=1, le=64)
     default_sites: list[str] = Field(default_factory=list)
     tie_km: float = Field(1.0, ge=0)
-    prefix_v4: int = Field(24, ge=0, le=32, description="client subnet used to break ties")
-    prefix_v6: int = Field(56, ge=0, le=128)
 
 
 @register

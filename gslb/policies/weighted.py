@@ -16,17 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import Field
-
 from gslb.endpoint import Endpoint
-from gslb.policies.base import Policy, PolicyConfig, Selection, mix64, register, rendezvous_order
+from gslb.policies.base import Policy, Selection, SubnetHashConfig, mix64, register, rendezvous_order
 
 
-class WeightedConfig(PolicyConfig):
+class WeightedConfig(SubnetHashConfig):
     type: Literal["weighted"] = "weighted"
     sticky: bool = False
-    prefix_v4: int = Field(24, ge=0, le=32)
-    prefix_v6: int = Field(56, ge=0, le=128)
 
 
 @register

@@ -23,6 +23,8 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from tests.support.dnswire import frame, recv_exact
+
 TIMEOUT = 3.0
 TRANSPORTS = pytest.mark.parametrize("transport", ["udp", "tcp"])
 FORMERR, SERVFAIL, REFUSED, NOERROR = dns.rcode.FORMERR, dns.rcode.SERVFAIL, dns.rcode.REFUSED, dns.rcode.NOERROR
@@ -173,27 +175,7 @@ CASES: list[tuple[str, bytes, str | int]] = [
 # --------------------------------------------------------------------------- probing
 
 
-def frame(wire: bytes) -> bytes:
-    return struct.pack("!H", len(wire)) + wire
 
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    for _ in range(n + 1):
-        if len(buf) == n:
-            return buf
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"EOF after {len(buf)} of {n} bytes")
-        buf += chunk
-    raise AssertionError("unreachable")
-
-
-def quick_ack(sock: socket.socket) -> None:
-    """ACK at once: the server does not set TCP_NODELAY, so its second reply would wait for
-    our delayed ACK (40 ms) and the barrage would crawl. Linux only; harmless elsewhere."""
-    if hasattr(socket, "TCP_QUICKACK"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
 
 
 SENTINEL_NAME = "static.gslb.example.com."
@@ -232,7 +214,6 @@ class Prober:
     def _recv(self) -> bytes:
         if self.transport == "udp":
             return self.sock.recv(65535)
-        quick_ack(self.sock)
         (size,) = struct.unpack("!H", recv_exact(self.sock, 2))
         return recv_exact(self.sock, size)
 

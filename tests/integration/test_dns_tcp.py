@@ -20,6 +20,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from tests.support.dnswire import frame, recv_exact
 from tests.support.servers import ThreadedNode, threaded_node
 
 TIMEOUT = 3.0
@@ -65,28 +66,7 @@ def cap_node() -> Iterator[ThreadedNode]:
 # --------------------------------------------------------------------------- helpers
 
 
-def frame(wire: bytes) -> bytes:
-    return struct.pack("!H", len(wire)) + wire
 
-
-def quick_ack(sock: socket.socket) -> None:
-    """ACK at once (Linux): the server leaves Nagle on, so its second reply in a row can
-    wait for our delayed ACK; this keeps the tests fast, never changes their outcome."""
-    if hasattr(socket, "TCP_QUICKACK"):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    for _ in range(n + 1):
-        if len(buf) == n:
-            return buf
-        quick_ack(sock)
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"EOF after {len(buf)} of {n} bytes")
-        buf += chunk
-    raise AssertionError("unreachable")
 
 
 def read_message(sock: socket.socket) -> dns.message.Message:
