@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -129,10 +130,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+    store_config = loaded.config.store
     if args.redis:
-        log.error("--redis: the Redis state store is not part of this build yet; run without it "
-                  "(the in-memory store is the default)")
-        return 2
+        from pydantic import ValidationError
+
+        from gslb.config import StoreConfig
+
+        try:
+            store_config = StoreConfig.model_validate(
+                {**store_config.model_dump(exclude_none=True), "type": "redis", "url": args.redis})
+        except ValidationError as exc:
+            log.error("--redis %s: %s", args.redis, exc.errors()[0]["msg"])
+            return 2
     server = loaded.config.server
     listen = args.dns or server.dns.listen
     http = None if args.no_http else (args.http or server.http.listen)
@@ -161,7 +170,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     label = f" (worker {worker})" if workers > 1 else ""
 
     async def run() -> None:
-        node = Node(args.config, loaded, label=label)
+        from gslb.store import make_store
+
+        sites = {name: (site.lat, site.lon) for name, site in loaded.config.sites.items()}
+        default_id = f"{socket.gethostname()}/{listeners[0].host}:{listeners[0].port}" if listeners else None
+        node = Node(args.config, loaded, label=label,
+                    store=make_store(store_config, sites=sites, default_node_id=default_id))
         stop = asyncio.Event()
         install_signals(node, stop)
         if children:

@@ -107,6 +107,29 @@ class HttpListenerConfig(Strict):
     read_token: bool = Field(False, description="require the token for reads too")
 
 
+class SentinelConfig(Strict):
+    master: str = Field("mymaster", description="the master's name as the sentinels know it")
+    addresses: list[HostPort] = Field(min_length=1)
+
+
+class StoreConfig(Strict):
+    """Where shared state lives: this process (``memory``) or Redis, shared by every node."""
+
+    type: Literal["memory", "redis"] = "memory"
+    url: str | None = Field(None, pattern=r"^(redis|rediss|unix)://", description="redis://, rediss:// or unix://")
+    sentinel: SentinelConfig | None = None
+    prefix: str = Field("gslb:", min_length=1, max_length=64, description="key prefix, so deployments can share")
+    node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="default: the host name")
+    quorum: int | None = Field(None, ge=1, le=100, description="down votes needed; default: a majority")
+    stale_after: float = Field(10.0, gt=0, le=3600, description="ignore a node's reports after this silence")
+
+    @model_validator(mode="after")
+    def _where(self) -> StoreConfig:
+        if self.type == "redis" and not self.url and self.sentinel is None:
+            raise ValueError("a redis store needs 'url' or 'sentinel'")
+        return self
+
+
 class ServerConfig(Strict):
     dns: DnsListenerConfig = Field(default_factory=lambda: DnsListenerConfig())
     http: HttpListenerConfig = Field(default_factory=lambda: HttpListenerConfig())
@@ -311,6 +334,7 @@ class GeoIpConfig(Strict):
 class GslbConfig(Strict):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     geoip: GeoIpConfig = Field(default_factory=lambda: GeoIpConfig())
+    store: StoreConfig = Field(default_factory=lambda: StoreConfig())
     zones: dict[DomainName, ZoneConfig] = Field(min_length=1)
     sites: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,63}$")], SiteConfig] = Field(
         default_factory=dict

@@ -7,11 +7,14 @@ address it really bound, so port 0 works in tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import logging
 import signal
 import time
-from collections.abc import Coroutine, Hashable
+from collections.abc import Coroutine, Hashable, Mapping
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +26,11 @@ from gslb.compile import CompiledConfig
 from gslb.config import LoadedConfig, load_config
 from gslb.endpoint import Endpoint
 from gslb.errors import ConfigError, StoreError
-from gslb.snapshot import Snapshot, build_snapshot, registered_endpoint
-from gslb.store import Drain, MemoryStore, Overrides, StateStore, StoreEvent
+from gslb.snapshot import HealthView, Snapshot, build_snapshot, registered_endpoint
+from gslb.store import Drain, Overrides, StateStore, StoreEvent, make_store
 from healthmon.base import ProbeResult
 from healthmon.scheduler import CheckTarget, Scheduler
-from healthmon.tracker import Event, HealthTracker
+from healthmon.tracker import Event, HealthTracker, TargetHealth
 
 log = logging.getLogger("gslb")
 
@@ -38,7 +41,10 @@ class Node:
         self.path = path
         self.loaded = loaded
         self.label = label
-        self.store: StateStore = store or MemoryStore()
+        sites = {name: (site.lat, site.lon) for name, site in loaded.config.sites.items()}
+        self.store: StateStore = store or make_store(loaded.config.store, sites=sites)
+        self.votes: dict[str, dict[str, str]] = {}
+        self._check_ids: dict[Hashable, str] = {}
         self.overrides = Overrides()
         self.tracker = HealthTracker()
         self.scheduler: Scheduler | None = None
@@ -62,7 +68,13 @@ class Node:
             "reloads": self.reloads,
             "dns": [format_address(h, p) for h, p in (self.dns.addresses if self.dns else [])],
             "health": self.health_status(),
+            "store": self.store_status(),
         }
+
+    def store_status(self) -> dict[str, Any]:
+        status = self.store.status()
+        return {"backend": status.backend, "state": "ok" if status.healthy else "degraded",
+                "detail": status.detail, "node": self.store.node_id, **status.extra}
 
     def describe_services(self) -> list[dict[str, Any]]:
         """Every GSLB name with its endpoints as the current snapshot sees them."""
@@ -133,18 +145,62 @@ class Node:
             log.warning("config reload: changes under 'server' take effect at the next restart")
         self.loaded = loaded
         if self.scheduler is not None:
-            self.scheduler.sync(check_targets(loaded.compiled))
+            self._sync_checks()
         self.rebuild()
         self.reloads += 1
         log.info("config reloaded%s: %d zone(s), %d GSLB name(s), generation %d", self.label,
                  len(self.snapshot.zones), len(self.snapshot.services), self.snapshot.generation)
         return []
 
+    def _sync_checks(self) -> None:
+        assert self.scheduler is not None
+        targets = check_targets(self.loaded.compiled)
+        self._check_ids = {t.key: check_id(t.key) for t in targets}
+        self.scheduler.sync(targets)
+
     def rebuild(self) -> None:
         """A new snapshot from the config and the current health, swapped in whole."""
         self._rebuild_scheduled = False
-        self.snapshot = build_snapshot(self.loaded.compiled, self.tracker.targets, self.overrides)
+        self.snapshot = build_snapshot(self.loaded.compiled, self.health_view(), self.overrides)
         self.handler.set_snapshot(self.snapshot)
+
+    def health_view(self) -> Mapping[Hashable, HealthView]:
+        """Each check's state as the snapshot should see it: this node's own verdict, or,
+        when other nodes report on the same check, the quorum of the fresh reports (with
+        this node's latest verdict in place of its stored one). A node cut off from the
+        store keeps the last votes it read, so it does not fail over on its own."""
+        if not self.votes:
+            return self.tracker.targets
+        quorum = self.loaded.config.store.quorum
+        view: dict[Hashable, HealthView] = {}
+        for key, local in self.tracker.targets.items():
+            votes = self.votes.get(self._check_ids.get(key, ""))
+            if not votes:
+                view[key] = local
+                continue
+            merged = {**votes, self.store.node_id: local.state}
+            down = sum(1 for state in merged.values() if state == "down")
+            needed = quorum or len(merged) // 2 + 1
+            view[key] = VotedHealth("down" if down >= needed else "up", local)
+        return view
+
+    async def refresh_votes(self) -> None:
+        try:
+            self.votes = await self.store.health_votes()
+        except StoreError as exc:
+            log.warning("state store unreadable, keeping the last health votes: %s", exc)
+            return
+        self.rebuild()
+
+    async def report_health(self, keys: list[Hashable] | None = None) -> None:
+        """Publish this node's verdicts (all, or those of ``keys``) as its vantage point."""
+        targets = self.tracker.targets
+        states = {self._check_ids[k]: targets[k].state for k in (keys or list(targets)) if k in self._check_ids}
+        if states:
+            try:
+                await self.store.report_health(states)
+            except StoreError as exc:
+                log.warning("could not publish health to the state store: %s", exc)
 
     def _request_rebuild(self) -> None:
         """Coalesce the changes of one loop iteration into one rebuild."""
@@ -161,13 +217,21 @@ class Node:
             return
         self.rebuild()
 
-    def _on_store_change(self) -> None:
-        self._spawn(self.refresh_overrides())
+    def _on_store_change(self, kind: str) -> None:
+        if kind == "overrides":
+            self._spawn(self.refresh_overrides())
+        elif kind == "health":
+            self._spawn(self.refresh_votes())
 
     def _on_health_event(self, event: Event) -> None:
         self._request_rebuild()
-        self._spawn(self.store.add_event(
-            StoreEvent(event.at, "health", event.target, event.old, event.new, event.reason)))
+        self._spawn(self._record_health_event(event))
+
+    async def _record_health_event(self, event: Event) -> None:
+        await self.report_health([event.key])
+        with contextlib.suppress(StoreError):  # history is best effort; the verdict went out above
+            await self.store.add_event(StoreEvent(event.at, "health", event.target, event.old, event.new,
+                                                  event.reason))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -194,8 +258,9 @@ class Node:
                 self.scheduler = Scheduler(self.tracker, on_event=self._on_health_event,
                                            on_result=self._on_result)
                 stack.push_async_callback(self.scheduler.close)
-                self.scheduler.sync(check_targets(self.loaded.compiled))
+                self._sync_checks()
                 self.rebuild()  # the targets' initial states (initial: down) apply from the start
+                await self.report_health()
             server = DnsServer(self.handler, listeners, tcp_idle_timeout=dns.tcp_idle_timeout,
                                tcp_max_connections=dns.tcp_max_connections, label=self.label)
             await server.start()
@@ -216,6 +281,22 @@ class Node:
                      len(self.snapshot.zones), len(self.snapshot.services))
             await stop.wait()
             log.info("shutting down%s", self.label)
+
+
+@dataclass(frozen=True, slots=True)
+class VotedHealth:
+    """A check's state decided by the vantage points' quorum; flip timing stays local."""
+
+    state: str
+    local: TargetHealth
+
+    def seconds_to_change(self) -> float | None:
+        return self.local.seconds_to_change()
+
+
+def check_id(key: Hashable) -> str:
+    """A short name for a check that every node derives alike from the same config."""
+    return hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
 
 
 def check_targets(compiled: CompiledConfig) -> list[CheckTarget]:

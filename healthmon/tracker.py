@@ -26,6 +26,7 @@ class Event:
     old: str
     new: str
     reason: str
+    key: Hashable = None
 
 
 @dataclass
@@ -109,6 +110,6 @@ class HealthTracker:
         health.flaps += 1
         if new == UP:
             health.recent.clear()
-        event = Event(now, health.name, old, new, result.detail)
+        event = Event(now, health.name, old, new, result.detail, key)
         self.events.append(event)
         return event

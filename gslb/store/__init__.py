@@ -5,7 +5,32 @@
 from the last known state whatever happens to the store.
 """
 
+from __future__ import annotations
+
+import socket
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
 from gslb.store.base import Drain, Overrides, Registration, StateStore, StoreEvent
 from gslb.store.memory import MemoryStore
 
-__all__ = ["Drain", "MemoryStore", "Overrides", "Registration", "StateStore", "StoreEvent"]
+if TYPE_CHECKING:
+    from gslb.config import StoreConfig
+
+
+def make_store(config: StoreConfig, *, sites: Mapping[str, tuple[float, float]] | None = None,
+               default_node_id: str | None = None) -> StateStore:
+    """The store the config asks for (Redis is imported only when used). A node's id names
+    its vantage point: the config's ``node_id``, else ``default_node_id``, else the host name."""
+    if config.type == "memory":
+        return MemoryStore()
+    from gslb.store.redis import RedisStore
+
+    sentinel = config.sentinel
+    return RedisStore(config.url, node_id=config.node_id or default_node_id or socket.gethostname(),
+                      prefix=config.prefix, stale_after=config.stale_after,
+                      sentinels=list(sentinel.addresses) if sentinel else None,
+                      sentinel_master=sentinel.master if sentinel else None, sites=sites)
+
+
+__all__ = ["Drain", "MemoryStore", "Overrides", "Registration", "StateStore", "StoreEvent", "make_store"]

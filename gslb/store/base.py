@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Literal, Protocol
@@ -93,15 +93,17 @@ class StateStore(Protocol):
     """Every method may raise ``StoreError`` when the backend is unreachable; writes are
     then refused, never dropped silently."""
 
+    node_id: str
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 
     def status(self) -> StoreStatus: ...
 
-    def on_change(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` (soon, in the event loop) whenever overrides change, locally or
-        on another node."""
+    def on_change(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(kind)`` whenever something changes, locally or on another node:
+        ``overrides`` (drains, registrations), ``health`` (votes), ``status`` (connection)."""
 
     async def overrides(self) -> Overrides: ...
 
@@ -117,3 +119,9 @@ class StateStore(Protocol):
     async def add_event(self, event: StoreEvent) -> None: ...
 
     async def events(self, limit: int = 100) -> list[StoreEvent]: ...
+
+    async def report_health(self, states: Mapping[str, str]) -> None:
+        """This node's verdicts: check id -> ``up``/``down``."""
+
+    async def health_votes(self) -> dict[str, dict[str, str]]:
+        """check id -> {node: state} over every node whose reports are fresh."""

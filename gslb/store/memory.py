@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from gslb.store.base import Drain, DrainKind, Overrides, Registration, StoreEvent, StoreStatus
 
 
 class MemoryStore:
+    node_id = "local"
+
     def __init__(self, *, history: int = 1000, clock: Callable[[], float] = time.time,
                  sweep_interval: float = 0.5) -> None:
         self.clock = clock
@@ -18,7 +20,8 @@ class MemoryStore:
         self._drains: dict[tuple[str, str], Drain] = {}
         self._registrations: dict[tuple[str, str], Registration] = {}
         self._events: deque[StoreEvent] = deque(maxlen=history)
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: list[Callable[[str], None]] = []
+        self._health: dict[str, str] = {}
         self._version = 0
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -33,13 +36,13 @@ class MemoryStore:
     def status(self) -> StoreStatus:
         return StoreStatus("memory", True, "embedded, this node only")
 
-    def on_change(self, callback: Callable[[], None]) -> None:
+    def on_change(self, callback: Callable[[str], None]) -> None:
         self._callbacks.append(callback)
 
-    def _changed(self) -> None:
+    def _changed(self, kind: str = "overrides") -> None:
         self._version += 1
         for callback in self._callbacks:
-            callback()
+            callback(kind)
 
     async def overrides(self) -> Overrides:
         return Overrides(tuple(self._drains.values()), tuple(self._registrations.values()), self._version)
@@ -74,6 +77,12 @@ class MemoryStore:
 
     async def events(self, limit: int = 100) -> list[StoreEvent]:
         return list(self._events)[-limit:]
+
+    async def report_health(self, states: Mapping[str, str]) -> None:
+        self._health.update(states)
+
+    async def health_votes(self) -> dict[str, dict[str, str]]:
+        return {check: {"local": state} for check, state in self._health.items()}
 
     def sweep(self) -> list[str]:
         """Drop expired registrations and drains; returns what went, for the event history."""
