@@ -133,6 +133,8 @@ class StoreConfig(Strict):
 class ServerConfig(Strict):
     dns: DnsListenerConfig = Field(default_factory=lambda: DnsListenerConfig())
     http: HttpListenerConfig = Field(default_factory=lambda: HttpListenerConfig())
+    probe_source: IpAddress | None = Field(
+        None, description="local address this node's health checks come from (multi-homed hosts)")
 
 
 # --------------------------------------------------------------------------- zones

@@ -255,8 +255,9 @@ class Node:
             self.store.on_change(self._on_store_change)
             await self.refresh_overrides()
             if monitors:
+                source = self.loaded.config.server.probe_source
                 self.scheduler = Scheduler(self.tracker, on_event=self._on_health_event,
-                                           on_result=self._on_result)
+                                           on_result=self._on_result, source=str(source) if source else None)
                 stack.push_async_callback(self.scheduler.close)
                 self._sync_checks()
                 self.rebuild()  # the targets' initial states (initial: down) apply from the start

@@ -57,13 +57,13 @@ class Monitor(ABC):
         self.port = config.port or config.default_port()
 
     @abstractmethod
-    async def check(self, address: str) -> tuple[bool, str]:
-        """One probe: (ok, what was seen)."""
+    async def check(self, address: str, source: str | None) -> tuple[bool, str]:
+        """One probe from ``source`` (a local address to bind, or None): (ok, what was seen)."""
 
-    async def probe(self, address: str) -> ProbeResult:
+    async def probe(self, address: str, source: str | None = None) -> ProbeResult:
         start = time.monotonic()
         try:
-            ok, detail = await self.check(address)
+            ok, detail = await self.check(address, source)
         except TimeoutError:
             ok, detail = False, f"timed out after {self.config.timeout:g}s"
         except OSError as exc:
@@ -71,6 +71,11 @@ class Monitor(ABC):
         except Exception as exc:  # a probe must never take the scheduler down
             ok, detail = False, f"{type(exc).__name__}: {exc}"
         return ProbeResult(ok, detail, time.monotonic() - start)
+
+
+def local(source: str | None) -> tuple[str, int] | None:
+    """``local_addr`` for a probe's socket: bind to the node's probe source, any port."""
+    return (source, 0) if source else None
 
 
 MONITORS: dict[str, type[Monitor]] = {}

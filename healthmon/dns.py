@@ -14,7 +14,7 @@ from typing import Literal
 from dnslib import QTYPE, RCODE, DNSError, DNSRecord
 from pydantic import Field, field_validator
 
-from healthmon.base import Monitor, MonitorConfig, register
+from healthmon.base import Monitor, MonitorConfig, local, register
 
 
 def _known(table: object, name: str) -> bool:
@@ -71,14 +71,14 @@ class DnsMonitor(Monitor):
     config_model = DnsConfig
     config: DnsConfig
 
-    async def check(self, address: str) -> tuple[bool, str]:
+    async def check(self, address: str, source: str | None) -> tuple[bool, str]:
         cfg = self.config
         query = DNSRecord.question(cfg.query, cfg.qtype)
         query.header.id = random.randrange(1 << 16)
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(cfg.timeout):
             transport, proto = await loop.create_datagram_endpoint(
-                lambda: _OneReply(query.header.id), remote_addr=(address, self.port))
+                lambda: _OneReply(query.header.id), remote_addr=(address, self.port), local_addr=local(source))
             try:
                 transport.sendto(query.pack())
                 data = await proto.reply

@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from healthmon.base import Monitor, MonitorConfig, register
+from healthmon.base import Monitor, MonitorConfig, local, register
 from healthmon.tlsutil import client_context
 
 
@@ -105,11 +105,11 @@ class HttpMonitor(Monitor):
         return (f"{self.config.method} {self.config.path} HTTP/1.1\r\nHost: {host}\r\n"
                 "User-Agent: gslb-healthmon\r\nAccept: */*\r\nConnection: close\r\n\r\n").encode()
 
-    async def check(self, address: str) -> tuple[bool, str]:
+    async def check(self, address: str, source: str | None) -> tuple[bool, str]:
         cfg = self.config
         async with asyncio.timeout(cfg.timeout):
             reader, writer = await asyncio.open_connection(
-                address, self.port, ssl=self.context,
+                address, self.port, ssl=self.context, local_addr=local(source),
                 server_hostname=(cfg.host or address) if self.context is not None else None)
             try:
                 writer.write(self.request(address))

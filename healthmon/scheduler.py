@@ -49,7 +49,8 @@ class Scheduler:
     def __init__(self, tracker: HealthTracker, *, concurrency: int = 512,
                  on_event: Callable[[Event], None] | None = None,
                  on_result: Callable[[CheckTarget, ProbeResult], None] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, source: str | None = None) -> None:
+        self.source = source
         self.tracker = tracker
         self.semaphore = asyncio.Semaphore(concurrency)
         self.on_event = on_event
@@ -80,7 +81,7 @@ class Scheduler:
                 await asyncio.sleep(delay)
             async with self.semaphore:
                 self.stats.lag(max(0.0, time.monotonic() - due))
-                result = await target.monitor.probe(target.address)
+                result = await target.monitor.probe(target.address, self.source)
             self.stats.checks += 1
             if not result.ok:
                 self.stats.failures += 1

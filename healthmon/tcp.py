@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from healthmon.base import Monitor, MonitorConfig, register
+from healthmon.base import Monitor, MonitorConfig, local, register
 
 
 class TcpConfig(MonitorConfig):
@@ -42,10 +42,10 @@ class TcpMonitor(Monitor):
     config_model = TcpConfig
     config: TcpConfig
 
-    async def check(self, address: str) -> tuple[bool, str]:
+    async def check(self, address: str, source: str | None) -> tuple[bool, str]:
         cfg = self.config
         async with asyncio.timeout(cfg.timeout):
-            reader, writer = await asyncio.open_connection(address, self.port)
+            reader, writer = await asyncio.open_connection(address, self.port, local_addr=local(source))
             try:
                 if cfg.send:
                     writer.write(cfg.send.encode())

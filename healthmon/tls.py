@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from healthmon.base import Monitor, MonitorConfig, register
+from healthmon.base import Monitor, MonitorConfig, local, register
 from healthmon.tlsutil import client_context, peer_not_after
 
 
@@ -46,12 +46,13 @@ class TlsMonitor(Monitor):
         self.context = client_context(verify=config.verify, ca_file=config.ca_file,
                                       cert_file=config.cert_file, key_file=config.key_file)
 
-    async def check(self, address: str) -> tuple[bool, str]:
+    async def check(self, address: str, source: str | None) -> tuple[bool, str]:
         cfg = self.config
         async with asyncio.timeout(cfg.timeout):
             try:
-                reader, writer = await asyncio.open_connection(address, self.port, ssl=self.context,
-                                                               server_hostname=cfg.server_name or address)
+                reader, writer = await asyncio.open_connection(
+                    address, self.port, ssl=self.context, local_addr=local(source),
+                    server_hostname=cfg.server_name or address)
             except ssl.SSLError as exc:
                 return False, f"TLS handshake failed: {exc.reason or exc}"
             try:
