@@ -55,9 +55,12 @@ class QueryHandler:
         self._last_error_log = 0.0
         self.set_snapshot(snapshot)
 
-    def set_snapshot(self, snapshot: Snapshot) -> None:
-        """Swap in a new snapshot; queries already in flight finish on the old one."""
+    def set_snapshot(self, snapshot: Snapshot, *, keep_caches: bool = False) -> None:
+        """Swap in a new snapshot; queries already in flight finish on the old one. With
+        ``keep_caches`` the caller vouches that every answer stays the same."""
         self.snapshot = snapshot
+        if keep_caches:
+            return
         self.exact_udp: dict[bytes, bytes] = {}
         self.exact_tcp: dict[bytes, bytes] = {}
         self._prepared: dict[tuple[tuple[bytes, ...], int, int], Prepared] = {}

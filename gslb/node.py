@@ -12,7 +12,7 @@ import hashlib
 import logging
 import signal
 import time
-from collections.abc import Coroutine, Hashable, Mapping
+from collections.abc import Callable, Coroutine, Hashable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ from gslb.compile import CompiledConfig
 from gslb.config import LoadedConfig, load_config
 from gslb.endpoint import Endpoint
 from gslb.errors import ConfigError, StoreError
-from gslb.snapshot import HealthView, Snapshot, build_snapshot, registered_endpoint
+from gslb.snapshot import HealthView, Snapshot, build_snapshot, registered_endpoint, same_answers
 from gslb.store import Drain, Overrides, StateStore, StoreEvent, make_store
 from healthmon.base import ProbeResult
 from healthmon.scheduler import CheckTarget, Scheduler
@@ -57,6 +57,8 @@ class Node:
         self.reloads = 0
         self.started = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._refreshing: set[str] = set()
+        self._dirty: set[str] = set()
 
     def status(self) -> dict[str, Any]:
         serials = {apex: zone.soa.rrs[0].rdata.times[0] for apex, zone in self.snapshot.zones.items()}
@@ -161,8 +163,8 @@ class Node:
     def rebuild(self) -> None:
         """A new snapshot from the config and the current health, swapped in whole."""
         self._rebuild_scheduled = False
-        self.snapshot = build_snapshot(self.loaded.compiled, self.health_view(), self.overrides)
-        self.handler.set_snapshot(self.snapshot)
+        old, self.snapshot = self.snapshot, build_snapshot(self.loaded.compiled, self.health_view(), self.overrides)
+        self.handler.set_snapshot(self.snapshot, keep_caches=same_answers(old, self.snapshot))
 
     def health_view(self) -> Mapping[Hashable, HealthView]:
         """Each check's state as the snapshot should see it: this node's own verdict, or,
@@ -219,9 +221,29 @@ class Node:
 
     def _on_store_change(self, kind: str) -> None:
         if kind == "overrides":
-            self._spawn(self.refresh_overrides())
+            self._coalesce("overrides", self.refresh_overrides)
         elif kind == "health":
-            self._spawn(self.refresh_votes())
+            self._coalesce("health", self.refresh_votes)
+
+    def _coalesce(self, name: str, refresh: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``refresh`` now, or once more after the run in progress: a burst of change
+        messages costs at most two reads of the store, not one per message."""
+        if name in self._refreshing:
+            self._dirty.add(name)
+            return
+        self._refreshing.add(name)
+
+        async def loop() -> None:
+            try:
+                while True:
+                    self._dirty.discard(name)
+                    await refresh()
+                    if name not in self._dirty:
+                        return
+            finally:
+                self._refreshing.discard(name)
+
+        self._spawn(loop())
 
     def _on_health_event(self, event: Event) -> None:
         self._request_rebuild()

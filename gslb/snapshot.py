@@ -112,3 +112,16 @@ def _with_ttl(records: EndpointRecords, ttl: int) -> EndpointRecords:
         return None if rr is None else RR(rr.rname, rr.rtype, ttl=ttl, rdata=rr.rdata)
 
     return EndpointRecords(one(records.a), one(records.aaaa), one(records.cname))
+
+
+def same_answers(old: Snapshot, new: Snapshot) -> bool:
+    """True when ``new`` answers every query exactly as ``old`` does, so answers cached for
+    ``old`` stay right (a drain that matches nothing, a heartbeat, a steady health report)."""
+    if old.zones is not new.zones or old.geo is not new.geo or old.services.keys() != new.services.keys():
+        return False
+    for name, a in old.services.items():
+        b = new.services[name]
+        if (a.spec is not b.spec or a.records is not b.records or a.ttl != b.ttl
+                or a.candidates != b.candidates or a.admitted != b.admitted):
+            return False
+    return True

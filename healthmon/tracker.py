@@ -26,7 +26,8 @@ class Event:
     old: str
     new: str
     reason: str
-    key: Hashable = None
+    key: Hashable = field(default=None, compare=False)
+    """The tracker key of the target, for whoever must publish the verdict."""
 
 
 @dataclass
