@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import Any
 
 from dnsserver.encode import Prepared, build_reply, is_plain_negative, plain_rdata, prepare, prepare_negative
+from dnsserver.stats import Entry, Labels, QueryStats, rcode_label, type_label
 from dnsserver.transfer import axfr_messages, transfer_allowed
 from dnsserver.wire import (
     FORMERR,
@@ -50,8 +52,10 @@ class QueryHandler:
         self.udp_size = udp_size
         self.cache_limit = cache_limit
         self.rcodes: Counter[int] = Counter()
-        self.dropped = 0
+        self.stats = QueryStats()
         self.errors = 0
+        self.exact_udp: dict[bytes, Entry] = {}
+        self.exact_tcp: dict[bytes, Entry] = {}
         self._last_error_log = 0.0
         self.set_snapshot(snapshot)
 
@@ -61,9 +65,11 @@ class QueryHandler:
         self.snapshot = snapshot
         if keep_caches:
             return
-        self.exact_udp: dict[bytes, bytes] = {}
-        self.exact_tcp: dict[bytes, bytes] = {}
-        self._prepared: dict[tuple[tuple[bytes, ...], int, int], Prepared] = {}
+        self.stats.fold(self.exact_udp.values())
+        self.stats.fold(self.exact_tcp.values())
+        self.exact_udp = {}
+        self.exact_tcp = {}
+        self._prepared: dict[tuple[tuple[bytes, ...], int, int], tuple[Prepared, Labels]] = {}
         self._bodies: dict[tuple[Any, ...], Prepared] = {}
         self._addresses: dict[str, IPv4Address | IPv6Address] = {}
         self._soa_rdata: dict[int, bytes] = {}
@@ -94,18 +100,29 @@ class QueryHandler:
                 return None
             return header_only_reply(data, SERVFAIL, None, self.udp_size)
 
+    @property
+    def dropped(self) -> int:
+        return self.stats.dropped
+
+    def current_stats(self) -> QueryStats:
+        """Totals so far, with the hits of the live cache entries."""
+        return self.stats.current([*self.exact_udp.values(), *self.exact_tcp.values()])
+
     def _handle(self, data: bytes, client: str, tcp: bool) -> bytes | list[bytes] | None:
+        started = time.perf_counter()
         try:
             query = parse_query(data)
         except Drop:
-            self.dropped += 1
+            self.stats.dropped += 1
             return None
         except WireError as exc:
-            return self._rcode_only(data, exc.rcode, exc.query)
+            if exc.rcode == FORMERR:
+                self.stats.malformed += 1
+            return self._rcode_only(data, exc.rcode, exc.query, tcp)
         if query.opcode != OPCODE_QUERY:
-            return self._rcode_only(data, REFUSED if query.opcode == OPCODE_NOTIFY else NOTIMP, query)
+            return self._rcode_only(data, REFUSED if query.opcode == OPCODE_NOTIFY else NOTIMP, query, tcp)
         if query.qtype in META_TYPES:
-            return self._rcode_only(data, FORMERR, query)
+            return self._rcode_only(data, FORMERR, query, tcp)
         if query.qtype in (T_AXFR, T_IXFR):
             return self._transfer(data, query, client) if tcp else self._udp_transfer(data, query, client)
 
@@ -116,9 +133,10 @@ class QueryHandler:
         else:
             max_size = 512 if edns is None else min(edns.udp_size, self.udp_size)
         key = (query.labels, query.qtype, query.qclass)
-        prepared = self._prepared.get(key)
+        known = self._prepared.get(key)
         scope = 0
-        if prepared is not None:
+        if known is not None:
+            prepared, labels = known
             cacheable = True
         else:
             address = self._addresses.get(client)
@@ -128,8 +146,10 @@ class QueryHandler:
             answer = resolve(self.snapshot, Query(query.qname, query.qtype, query.qclass),
                              Client(address, ecs.network if ecs is not None and ecs.source else None, query.id))
             prepared = self._encoded(answer, query)
+            labels = Labels("tcp" if tcp else "udp", answer.zone or "-", type_label(query.qtype),
+                            rcode_label(answer.rcode), answer.service, answer.sites)
             if answer.vary == VARY_NONE:
-                self._remember(self._prepared, key, prepared)
+                self._remember(self._prepared, key, (prepared, labels))
                 cacheable = True
             else:
                 # The exact key holds the ECS option, so an answer that depended only on it
@@ -138,8 +158,18 @@ class QueryHandler:
                 scope = answer.scope if ecs is not None and ecs.source else 0
         reply = build_reply(prepared, query, max_size=max_size, udp_size=self.udp_size, scope=scope)
         self.rcodes[prepared.flags & 0xF] += 1
+        truncated = bool(reply[2] & 0x02)
+        if tcp != (labels.transport == "tcp") or (ecs is not None) != labels.ecs or truncated != labels.truncated:
+            labels = Labels("tcp" if tcp else "udp", labels.zone, labels.qtype, labels.rcode, labels.name,
+                            labels.sites, ecs is not None, truncated)
+        self.stats.count(labels)
+        self.stats.observe(time.perf_counter() - started)
         if cacheable:
-            self._remember(self.exact_tcp if tcp else self.exact_udp, data[2:], reply[2:])
+            exact = self.exact_tcp if tcp else self.exact_udp
+            if len(exact) >= self.cache_limit:
+                self.stats.fold(exact.values())
+                exact.clear()
+            exact[data[2:]] = Entry(reply[2:], labels)
         return reply
 
     def _encoded(self, answer: Answer, query: ParsedQuery) -> Prepared:
@@ -166,8 +196,11 @@ class QueryHandler:
             cache.clear()
         cache[key] = value
 
-    def _rcode_only(self, data: bytes, rcode: int, query: ParsedQuery | None) -> bytes:
+    def _rcode_only(self, data: bytes, rcode: int, query: ParsedQuery | None, tcp: bool) -> bytes:
         self.rcodes[rcode] += 1
+        zone = (zone_of(query.qname, self.snapshot.zones) if query is not None else None) or "-"
+        self.stats.count(Labels("tcp" if tcp else "udp", zone, type_label(query.qtype) if query else "-",
+                                rcode_label(rcode)))
         return header_only_reply(data, rcode, query, self.udp_size)
 
     def _udp_transfer(self, data: bytes, query: ParsedQuery, client: str) -> bytes:
@@ -175,11 +208,11 @@ class QueryHandler:
         an AXFR is not possible."""
         zone = self.snapshot.zones.get(query.qname)
         if zone is None:
-            return self._rcode_only(data, NOTAUTH, query)
+            return self._rcode_only(data, NOTAUTH, query, False)
         if query.qtype == T_AXFR:
-            return self._rcode_only(data, NOTIMP, query)
+            return self._rcode_only(data, NOTIMP, query, False)
         if not transfer_allowed(zone, client):
-            return self._rcode_only(data, REFUSED, query)
+            return self._rcode_only(data, REFUSED, query, False)
         reply = build_reply(
             prepare(Answer(0, answer=zone.soa.rrs), query.labels, query.qtype, query.qclass),
             query, max_size=512 if query.edns is None else min(query.edns.udp_size, self.udp_size),
@@ -192,10 +225,10 @@ class QueryHandler:
         zone = self.snapshot.zones.get(query.qname)
         if zone is None:
             rcode = NOTAUTH if zone_of(query.qname, self.snapshot.zones) else REFUSED
-            return [self._rcode_only(data, rcode, query)]
+            return [self._rcode_only(data, rcode, query, True)]
         if not transfer_allowed(zone, client):
             log.info("refused zone transfer of %s to %s", zone.apex, client)
-            return [self._rcode_only(data, REFUSED, query)]
+            return [self._rcode_only(data, REFUSED, query, True)]
         log.info("zone transfer of %s to %s", zone.apex, client)
         self.rcodes[0] += 1
         return list(axfr_messages(zone, query))

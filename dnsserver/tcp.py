@@ -78,9 +78,10 @@ class TcpProtocol(asyncio.Protocol):
                 break
             message = bytes(buf[2 : size + 2])
             del buf[: size + 2]
-            tail = exact.get(message[2:])
-            if tail is not None:
-                transport.write((len(tail) + 2).to_bytes(2, "big") + message[:2] + tail)
+            entry = exact.get(message[2:])
+            if entry is not None:
+                entry.hits += 1
+                transport.write((len(entry.tail) + 2).to_bytes(2, "big") + message[:2] + entry.tail)
                 continue
             for reply in self.handler.handle_stream(message, self.client):
                 transport.write(len(reply).to_bytes(2, "big") + reply)

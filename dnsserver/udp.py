@@ -20,9 +20,10 @@ class UdpProtocol(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        tail = self.handler.exact_udp.get(data[2:])
-        if tail is not None:
-            self.transport.sendto(data[:2] + tail, addr)  # type: ignore[union-attr]
+        entry = self.handler.exact_udp.get(data[2:])
+        if entry is not None:
+            entry.hits += 1
+            self.transport.sendto(data[:2] + entry.tail, addr)  # type: ignore[union-attr]
             return
         reply = self.handler.handle(data, addr[0])
         if reply is not None:

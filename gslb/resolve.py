@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from dnslib import QTYPE, RR
 
@@ -48,6 +49,11 @@ class Answer:
     """What the answer depended on: nothing (cache per name), the client, or the query itself."""
     scope: int = 0
     """How many leading bits of the client's address the answer depended on (ECS scope)."""
+    zone: str = ""
+    service: str = ""
+    """The GSLB name whose endpoints were chosen, if any (after following CNAMEs)."""
+    sites: tuple[str, ...] = ()
+    """Sites of the chosen endpoints, for traffic accounting."""
 
 
 REFUSED_ANSWER = Answer(REFUSED, authoritative=False)
@@ -69,27 +75,33 @@ def resolve(snapshot: Snapshot, query: Query, client: Client, *, trace: list[str
     records: list[RR] = []
     name = query.qname
     vary, scope = VARY_NONE, 0
+    service = ""
+    sites: tuple[str, ...] = ()
+
+    def done(rcode: int, **sections: Any) -> Answer:
+        return Answer(rcode, answer=tuple(records), vary=vary, scope=scope, zone=apex, service=service,
+                      sites=sites, **sections)
+
     for _ in range(MAX_CHAIN):
         table = snapshot.services.get(name)
         if table is not None:
             found, target, sel = _service_records(snapshot, table, query.qtype, client, trace)
             if sel is not None:
                 vary, scope = max(vary, sel.vary), max(scope, sel.scope)
+                service, sites = name, tuple(dict.fromkeys(ep.site for ep in sel.chosen))
                 if found is None:
-                    return Answer(SERVFAIL, authoritative=False, vary=vary, scope=scope)
+                    return Answer(SERVFAIL, authoritative=False, vary=vary, scope=scope, zone=apex, service=name)
             if found is None:
                 found = _node_records(zone, name, query.qtype)
         else:
             found, target = _static_records(zone, name, query.qtype)
         if found is None and target is None:
-            rcode = NOERROR if name in zone.names else NXDOMAIN
-            return Answer(rcode, answer=tuple(records), authority=(zone.negative_soa,), vary=vary, scope=scope)
+            return done(NOERROR if name in zone.names else NXDOMAIN, authority=(zone.negative_soa,))
         if found is not None and target is None:
             records.extend(found)
             if not found:
-                return Answer(NOERROR, answer=tuple(records), authority=(zone.negative_soa,), vary=vary, scope=scope)
-            return Answer(NOERROR, answer=tuple(records), additional=_additional(zone, found), vary=vary,
-                          scope=scope)
+                return done(NOERROR, authority=(zone.negative_soa,))
+            return done(NOERROR, additional=_additional(zone, found))
         assert found is not None and target is not None
         records.extend(found)
         if query.qtype == T_CNAME or zone_of(target, snapshot.zones) != apex or _below_cut(zone, target):
@@ -97,7 +109,7 @@ def resolve(snapshot: Snapshot, query: Query, client: Client, *, trace: list[str
         if any(str(rr.rname).rstrip(".").lower() == target for rr in records):
             break  # a loop: stop where BIND and Knot stop, with the chain so far
         name = target
-    return Answer(NOERROR, answer=tuple(records), vary=vary, scope=scope)
+    return done(NOERROR)
 
 
 def _delegation(zone: ZoneData, query: Query) -> str | None:
@@ -115,7 +127,8 @@ def _below_cut(zone: ZoneData, name: str) -> bool:
 
 def _referral(zone: ZoneData, cut: str) -> Answer:
     ns = zone.nodes[cut][T_NS]
-    return Answer(NOERROR, authoritative=False, authority=ns.rrs, additional=_glue(zone, ns), glue_required=True)
+    return Answer(NOERROR, authoritative=False, authority=ns.rrs, additional=_glue(zone, ns), glue_required=True,
+                  zone=zone.apex)
 
 
 def _glue(zone: ZoneData, rrset: RRset) -> tuple[RR, ...]:
@@ -213,6 +226,7 @@ def _service_records(
     chosen = choose_endpoints(table, qtype, sel)
     if chosen is None:
         return None, None, sel
+    sel.chosen = chosen
     records = table.records
     if chosen and chosen[0].cname is not None:
         rr = records[chosen[0].id].cname

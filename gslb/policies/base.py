@@ -61,7 +61,7 @@ class Selection:
     ``scope`` (the ECS scope prefix to report) and marks the answer as client-dependent.
     """
 
-    __slots__ = ("_located", "_location", "client", "geo", "scope", "trace", "vary")
+    __slots__ = ("_located", "_location", "chosen", "client", "geo", "scope", "trace", "vary")
 
     def __init__(self, client: Client, geo: GeoDatabase | None, *, trace: list[str] | None = None) -> None:
         self.client = client
@@ -69,6 +69,8 @@ class Selection:
         self.scope = 0
         self.vary = VARY_NONE
         self.trace = trace
+        self.chosen: Sequence[Endpoint] = ()
+        """What the answer was built from (set by resolve after the policies ran)."""
         self._location: Location | None = None
         self._located = False
 
