@@ -58,6 +58,7 @@ class Node:
         self.started = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
         self._refreshing: set[str] = set()
+        self._synced_at = time.monotonic()
         self._dirty: set[str] = set()
 
     def status(self) -> dict[str, Any]:
@@ -210,10 +211,17 @@ class Node:
             self._rebuild_scheduled = True
             asyncio.get_running_loop().call_soon(self.rebuild)
 
+    def check_name(self, key: Hashable) -> str:
+        return self._check_ids.get(key, "")
+
+    def sync_age(self) -> float:
+        return time.monotonic() - self._synced_at
+
     async def refresh_overrides(self) -> None:
         """Take a fresh copy of drains and registrations from the store, then rebuild."""
         try:
             self.overrides = await self.store.overrides()
+            self._synced_at = time.monotonic()
         except StoreError as exc:
             log.warning("state store unreadable, answering from the last known state: %s", exc)
             return

@@ -7,6 +7,7 @@ its checks. Each verdict change is handed to ``on_event``; every result to ``on_
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import random
 import time
@@ -27,11 +28,20 @@ class CheckTarget:
     address: str
 
 
+CHECK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
 @dataclass
 class SchedulerStats:
     checks: int = 0
     failures: int = 0
     lag_samples: list[float] = field(default_factory=list)
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(CHECK_BUCKETS) + 1))
+    latency_sum: float = 0.0
+
+    def latency(self, seconds: float) -> None:
+        self.latency_counts[bisect.bisect_left(CHECK_BUCKETS, seconds)] += 1
+        self.latency_sum += seconds
 
     def lag(self, value: float) -> None:
         self.lag_samples.append(value)
@@ -83,6 +93,7 @@ class Scheduler:
                 self.stats.lag(max(0.0, time.monotonic() - due))
                 result = await target.monitor.probe(target.address, self.source)
             self.stats.checks += 1
+            self.stats.latency(result.latency)
             if not result.ok:
                 self.stats.failures += 1
             event = self.tracker.record(target.key, result)

@@ -242,6 +242,14 @@ async def get_explain(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+@read
+async def get_metrics(request: web.Request) -> web.Response:
+    from gslb.api.metrics import render
+
+    return web.Response(body=render(request.app[NODE]), content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
 def make_app(node: Node) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[NODE] = node
@@ -256,4 +264,5 @@ def make_app(node: Node) -> web.Application:
     app.router.add_delete("/api/v1/services/{name}/endpoints/{endpoint}", delete_registration)
     app.router.add_post("/api/v1/reload", post_reload)
     app.router.add_get("/api/v1/explain", get_explain)
+    app.router.add_get("/metrics", get_metrics)
     return app
