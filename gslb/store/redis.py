@@ -160,6 +160,7 @@ class RedisStore:
             if now >= next_beat:
                 next_beat = now + self.resync_interval
                 await self._heartbeat()
+                self.connected = True
                 await self._expire()
                 fingerprint = await self._overrides_fingerprint()
                 if fingerprint != self._fingerprint:
@@ -218,11 +219,14 @@ class RedisStore:
 
     async def _call(self, coro: Any) -> Any:
         try:
-            return await coro
+            result = await coro
         except (RedisError, OSError) as exc:
             self.connected = False
             self.last_error = f"{exc.__class__.__name__}: {exc}"
             raise StoreError(f"Redis {self.describe} unavailable: {exc}") from exc
+        # a pooled connection that died with an old Redis fails once; any success means reachable
+        self.connected = True
+        return result
 
     # ------------------------------------------------------------------ overrides
 
@@ -285,8 +289,6 @@ class RedisStore:
         """This node's verdicts (check id -> up/down); kept locally too, to re-publish after
         an outage."""
         self._local_health.update(states)
-        if not self.connected:
-            return
         pipe = self.redis.pipeline()
         pipe.hset(self.key("health", self.node_id), mapping=dict(states))
         pipe.hset(self.key("nodes"), self.node_id, repr(self.clock()))
