@@ -57,6 +57,7 @@ class Node:
         self.reloads = 0
         self.started = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.listeners: set[asyncio.Queue[StoreEvent | None]] = set()
         self._refreshing: set[str] = set()
         self._synced_at = time.monotonic()
         self._dirty: set[str] = set()
@@ -228,6 +229,7 @@ class Node:
         self.rebuild()
 
     def _on_store_change(self, kind: str) -> None:
+        self.push(StoreEvent(time.time(), "store", kind, "", "changed", f"state store reports a change of {kind}"))
         if kind == "overrides":
             self._coalesce("overrides", self.refresh_overrides)
         elif kind == "health":
@@ -260,8 +262,25 @@ class Node:
     async def _record_health_event(self, event: Event) -> None:
         await self.report_health([event.key])
         with contextlib.suppress(StoreError):  # history is best effort; the verdict went out above
-            await self.store.add_event(StoreEvent(event.at, "health", event.target, event.old, event.new,
-                                                  event.reason))
+            await self.emit(StoreEvent(event.at, "health", event.target, event.old, event.new, event.reason))
+
+    async def emit(self, event: StoreEvent) -> None:
+        """Record an event in the store's history and push it to live listeners (SSE)."""
+        self.push(event)
+        await self.store.add_event(event)
+
+    def _end_streams(self) -> None:
+        """Tell live event streams to finish, so shutdown does not wait on them."""
+        for queue in list(self.listeners):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+
+    def push(self, event: StoreEvent) -> None:
+        for queue in list(self.listeners):
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()  # a slow listener loses its oldest event, never blocks us
+            queue.put_nowait(event)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -300,9 +319,10 @@ class Node:
             if http is not None:
                 from gslb.api.app import make_app
 
-                runner = web.AppRunner(make_app(self), access_log=None)
+                runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=1.0)
                 await runner.setup()
                 stack.push_async_callback(runner.cleanup)
+                stack.callback(self._end_streams)
                 site = web.TCPSite(runner, http[0], http[1])
                 await site.start()
                 sock = site._server.sockets[0]  # type: ignore[union-attr]

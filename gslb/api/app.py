@@ -8,6 +8,7 @@ validated by pydantic; a bad body is a 400 naming the field.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
@@ -158,7 +159,7 @@ async def put_drain(request: web.Request) -> web.Response:
     now = time.time()
     drain = Drain(body.kind, body.pattern, body.reason, now, now + body.expires_in if body.expires_in else None)
     await node.store.set_drain(drain)
-    await node.store.add_event(StoreEvent(now, "drain", f"{drain.kind}:{drain.pattern}", "serving", "drained",
+    await node.emit(StoreEvent(now, "drain", f"{drain.kind}:{drain.pattern}", "serving", "drained",
                                           drain.reason or "drained through the API"))
     await node.refresh_overrides()
     matched = node.drain_matches(drain)
@@ -175,7 +176,7 @@ async def delete_drain(request: web.Request) -> web.Response:
     removed = await node.store.clear_drain(kind, pattern)  # type: ignore[arg-type]
     if not removed:
         return error(404, f"no {kind} drain with pattern {pattern!r}")
-    await node.store.add_event(StoreEvent(time.time(), "drain", f"{kind}:{pattern}", "drained", "serving",
+    await node.emit(StoreEvent(time.time(), "drain", f"{kind}:{pattern}", "drained", "serving",
                                           "undrained through the API"))
     await node.refresh_overrides()
     return web.json_response({"removed": {"kind": kind, "pattern": pattern}})
@@ -201,7 +202,7 @@ async def put_registration(request: web.Request) -> web.Response:
                                 now + body.ttl, now)
     new = await node.store.register(registration)
     if new:
-        await node.store.add_event(StoreEvent(now, "registration", f"{service}/{endpoint_id}", "absent",
+        await node.emit(StoreEvent(now, "registration", f"{service}/{endpoint_id}", "absent",
                                               "registered", f"registered with TTL {body.ttl:g}s"))
         await node.refresh_overrides()
     return web.json_response({"registration": registration.to_json(), "new": new}, status=201 if new else 200)
@@ -213,7 +214,7 @@ async def delete_registration(request: web.Request) -> web.Response:
     service, endpoint_id = request.match_info["name"].lower().rstrip("."), request.match_info["endpoint"]
     if not await node.store.deregister(service, endpoint_id):
         return error(404, f"{service}/{endpoint_id} is not registered")
-    await node.store.add_event(StoreEvent(time.time(), "registration", f"{service}/{endpoint_id}", "registered",
+    await node.emit(StoreEvent(time.time(), "registration", f"{service}/{endpoint_id}", "registered",
                                           "absent", "deregistered through the API"))
     await node.refresh_overrides()
     return web.json_response({"removed": f"{service}/{endpoint_id}"})
@@ -243,6 +244,33 @@ async def get_explain(request: web.Request) -> web.Response:
 
 
 @read
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: one ``data:`` line of JSON per event, a comment every 15 s."""
+    node = request.app[NODE]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    queue: asyncio.Queue[StoreEvent | None] = asyncio.Queue(maxsize=256)
+    node.listeners.add(queue)
+    try:
+        await response.write(b": connected\n\n")
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), 15)
+            except TimeoutError:
+                await response.write(b": keepalive\n\n")
+                continue
+            if event is None:  # the node is shutting down
+                break
+            await response.write(f"event: {event.kind}\ndata: {json.dumps(event.to_json())}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        node.listeners.discard(queue)
+    return response
+
+
+@read
 async def get_metrics(request: web.Request) -> web.Response:
     from gslb.api.metrics import render
 
@@ -257,6 +285,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1/services", list_services)
     app.router.add_get("/api/v1/events", list_events)
+    app.router.add_get("/api/v1/events/stream", event_stream)
     app.router.add_get("/api/v1/drains", list_drains)
     app.router.add_put("/api/v1/drains", put_drain)
     app.router.add_delete("/api/v1/drains", delete_drain)
