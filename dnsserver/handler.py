@@ -146,7 +146,7 @@ class QueryHandler:
                              Client(address, ecs.network if ecs is not None and ecs.source else None, query.id))
             prepared = self._encoded(answer, query)
             labels = Labels("tcp" if tcp else "udp", answer.zone or "-", type_label(query.qtype),
-                            rcode_label(answer.rcode), answer.service, answer.sites)
+                            rcode_label(answer.rcode), answer.service, answer.sites, ecs is not None)
             if answer.vary == VARY_NONE:
                 self._remember(self._prepared, key, (prepared, labels))
                 cacheable = True

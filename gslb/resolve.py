@@ -200,7 +200,9 @@ def choose_endpoints(table: ServiceTable, qtype: int, sel: Selection) -> list[En
             return None
     if qtype in (T_A, T_AAAA):
         v6 = qtype == T_AAAA
-        usable = [ep for ep in candidates if ep.cname is not None or (ep.ipv6 if v6 else ep.ipv4) is not None]
+        usable: Sequence[Endpoint] = (
+            table.by_type[qtype] if candidates is table.candidates else
+            [ep for ep in candidates if ep.cname is not None or (ep.ipv6 if v6 else ep.ipv4) is not None])
         if len(usable) < len(candidates) and sel.trace is not None:
             sel.note(f"{len(candidates) - len(usable)} endpoint(s) have no {'IPv6' if v6 else 'IPv4'} address")
         candidates = usable

@@ -35,6 +35,16 @@ class ServiceTable:
     """Answer records per endpoint, with the TTL in force (shortened while health may flip)."""
     ttl: int
     drained: Mapping[str, Drain] = field(default_factory=dict)
+    by_type: Mapping[int, tuple[Endpoint, ...]] = field(init=False, compare=False)
+    """Candidates able to answer A (1) or AAAA (28): built once, so their identity is stable
+    (policies memoise decisions per candidate tuple)."""
+
+    def __post_init__(self) -> None:
+        usable = self.candidates
+        object.__setattr__(self, "by_type", {
+            1: tuple(ep for ep in usable if ep.cname is not None or ep.ipv4 is not None),
+            28: tuple(ep for ep in usable if ep.cname is not None or ep.ipv6 is not None),
+        })
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,11 @@ class GeoPolicy(Policy):
     def __init__(self, config: GeoConfig, coordinates: Coordinates | None = None) -> None:
         super().__init__(config, coordinates)
         self._memo: dict[tuple[Location, frozenset[str]], list[tuple[float, str]]] = {}
+        # Per candidate tuple (snapshots keep them alive and stable): its site set, and the
+        # decision per client location. Entries hold the tuple itself, so a reused id()
+        # of a dead tuple is never mistaken for it.
+        self._sites_of: dict[int, tuple[Sequence[Endpoint], frozenset[str]]] = {}
+        self._decisions: dict[tuple[int, Location], tuple[Sequence[Endpoint], Sequence[Endpoint]]] = {}
 
     def check(self, sites: set[str], endpoint_ids: set[str]) -> list[tuple[tuple[str | int, ...], str]]:
         known = ", ".join(sorted(sites))
@@ -93,15 +98,35 @@ class GeoPolicy(Policy):
         return ranked
 
     def select(self, candidates: Sequence[Endpoint], sel: Selection) -> Sequence[Endpoint]:
-        sites = frozenset(ep.site for ep in candidates)
+        known = self._sites_of.get(id(candidates))
+        if known is None or known[0] is not candidates:
+            known = (candidates, frozenset(ep.site for ep in candidates))
+            if len(self._sites_of) > 10_000:
+                self._sites_of.clear()
+            self._sites_of[id(candidates)] = known
+        sites = known[1]
         if len(sites) < 2:
             return candidates
         location = sel.location()
+        if location is not None and sel.trace is None:
+            decided = self._decisions.get((id(candidates), location))
+            if decided is not None and decided[0] is candidates:
+                return decided[1]
+        result, tie = self._decide(candidates, sites, location, sel)
+        if location is not None and not tie and sel.trace is None:
+            if len(self._decisions) > 50_000:
+                self._decisions.clear()
+            self._decisions[(id(candidates), location)] = (candidates, result)
+        return result
+
+    def _decide(self, candidates: Sequence[Endpoint], sites: frozenset[str], location: Location | None,
+                sel: Selection) -> tuple[Sequence[Endpoint], bool]:
+        """The ordered endpoints, and whether a client-subnet tie-break was involved."""
         if location is None:
             preferred = [ep for ep in candidates if ep.site in self.config.default_sites]
             sel.note("geo: client location unknown; "
                      + ("default_sites " + ", ".join(self.config.default_sites) if preferred else "keeping all"))
-            return preferred or candidates
+            return preferred or candidates, False
         for code, mapping, what in ((location.country, self.config.countries, "country"),
                                     (location.continent, self.config.continents, "continent")):
             if code is not None and code in mapping:
@@ -112,23 +137,23 @@ class GeoPolicy(Policy):
                     break
         if location.lat is None or location.lon is None:
             sel.note("geo: no coordinates for the client; keeping all preferred sites")
-            return [ep for ep in candidates if ep.site in sites]
+            return [ep for ep in candidates if ep.site in sites], False
         ranked = self._ranked(location, sites)
-        chosen = self._closest(ranked, sel)
+        chosen, tie = self._closest(ranked, sel)
         if sel.trace is not None:
             sel.note("geo: distances " + ", ".join(f"{s} {d:.0f} km" for d, s in ranked)
                      + f"; chose {', '.join(chosen)}")
         order = {site: i for i, site in enumerate(chosen)}
-        return sorted((ep for ep in candidates if ep.site in order), key=lambda ep: order[ep.site])
+        return sorted((ep for ep in candidates if ep.site in order), key=lambda ep: order[ep.site]), tie
 
-    def _closest(self, ranked: list[tuple[float, str]], sel: Selection) -> list[str]:
+    def _closest(self, ranked: list[tuple[float, str]], sel: Selection) -> tuple[list[str], bool]:
         want = self.config.sites
         cutoff = ranked[min(want, len(ranked)) - 1][0]
         tied = [s for d, s in ranked if abs(d - cutoff) <= self.config.tie_km]
         sure = [s for d, s in ranked if d < cutoff - self.config.tie_km]
         if len(sure) + len(tied) <= want:
-            return sure + tied
+            return sure + tied, False
         key = sel.subnet_key(self.config.prefix_v4, self.config.prefix_v6)
         tied.sort(key=lambda s: mix64(key ^ stable_seed(s)), reverse=True)
         sel.note(f"geo: tie between {', '.join(tied)} broken by client subnet hash")
-        return sure + tied[: want - len(sure)]
+        return sure + tied[: want - len(sure)], True
