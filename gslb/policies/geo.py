@@ -39,6 +39,11 @@ from gslb.policies.base import (
     unknown_sites,
 )
 
+Profile = tuple[tuple[tuple[str, tuple[float, float]], ...], tuple[tuple[str, int], ...]]
+_PROFILES: dict[Profile, Profile] = {}
+"""Interned (coordinates, biases) pairs: their ids stay valid, as entries are never dropped."""
+_RANKED: dict[tuple[Location, frozenset[str], int], list[tuple[float, str]]] = {}
+
 
 class GeoConfig(SubnetHashConfig):
     type: Literal["geo"] = "geo"
@@ -58,7 +63,9 @@ class GeoPolicy(Policy):
 
     def __init__(self, config: GeoConfig, coordinates: Coordinates | None = None) -> None:
         super().__init__(config, coordinates)
-        self._memo: dict[tuple[Location, frozenset[str]], list[tuple[float, str]]] = {}
+        # Names with the same sites and biases share one distance ranking per location.
+        profile = (tuple(sorted(self.coordinates.items())), tuple(sorted(config.bias.items())))
+        self._profile = _PROFILES.setdefault(profile, profile)
         # Per candidate tuple (snapshots keep them alive and stable): its site set, and the
         # decision per client location. Entries hold the tuple itself, so a reused id()
         # of a dead tuple is never mistaken for it.
@@ -81,9 +88,10 @@ class GeoPolicy(Policy):
         return errors
 
     def _ranked(self, location: Location, sites: frozenset[str]) -> list[tuple[float, str]]:
-        """Sites by effective distance from ``location``; memoised per location and site set."""
-        key = (location, sites)
-        ranked = self._memo.get(key)
+        """Sites by effective distance from ``location``; memoised per location, site set and
+        profile (coordinates and biases), across every name that shares them."""
+        key = (location, sites, id(self._profile))
+        ranked = _RANKED.get(key)
         if ranked is None:
             assert location.lat is not None and location.lon is not None
             ranked = []
@@ -92,9 +100,9 @@ class GeoPolicy(Policy):
                 factor = 1 - self.config.bias.get(site, 0) / 100
                 ranked.append((distance_km(location.lat, location.lon, lat, lon) * factor, site))
             ranked.sort()
-            if len(self._memo) > 50_000:
-                self._memo.clear()
-            self._memo[key] = ranked
+            if len(_RANKED) > 100_000:
+                _RANKED.clear()
+            _RANKED[key] = ranked
         return ranked
 
     def select(self, candidates: Sequence[Endpoint], sel: Selection) -> Sequence[Endpoint]:
