@@ -229,7 +229,8 @@ class Node:
         self.rebuild()
 
     def _on_store_change(self, kind: str) -> None:
-        self.push(StoreEvent(time.time(), "store", kind, "", "changed", f"state store reports a change of {kind}"))
+        if self.listeners:
+            self.push(StoreEvent(time.time(), "store", kind, "", "changed", f"state store reports a change of {kind}"))
         if kind == "overrides":
             self._coalesce("overrides", self.refresh_overrides)
         elif kind == "health":

@@ -4,13 +4,18 @@ Data model (every key under a configurable prefix, ``gslb:`` by default; see doc
 
 - ``drains``            hash  ``kind:pattern`` -> JSON drain
 - ``reg:<name>/<id>``   string JSON registration, expiring with a Redis TTL (no heartbeat: gone)
+- ``regs``              set   ``<name>/<id>`` of registrations, an index (members whose key expired are dropped)
 - ``health:<node>``     hash  check id -> ``up``/``down``: one vantage point's verdicts
 - ``nodes``             hash  node -> time of its last heartbeat (reports of silent nodes go stale)
 - ``events``            stream of state changes, capped
 - ``sites``             geo set of site coordinates (GEOADD), for other tools
-- ``version``           counter bumped by every write; a node that reconnects and finds it
-                        missing knows Redis restarted empty and writes back what it knows
-- channel ``changes``   pub/sub: ``overrides`` or ``health:<node>`` after each write
+- ``version``           counter bumped by every write of drains or registrations; a node that
+                        reconnects and finds it missing knows Redis restarted empty and writes
+                        back what it knows
+- ``health_version``    counter bumped by every health report
+- channel ``changes``   pub/sub: ``overrides`` or ``health:<node>`` after each write, for other
+                        tools; nodes poll the two counters (one MGET every 10 ms), which costs
+                        less per change than decoding messages and cannot miss one
 
 Reads never block answering: the node keeps the last copy it read. Every call raises
 ``StoreError`` while Redis is unreachable; a supervisor reconnects with backoff and jitter
@@ -20,7 +25,6 @@ and resynchronises in full.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -56,7 +60,9 @@ class RedisStore:
     def __init__(self, url: str | None, *, node_id: str, prefix: str = "gslb:", stale_after: float = 10.0,
                  history: int = 1000, sentinels: list[tuple[str, int]] | None = None,
                  sentinel_master: str | None = None, clock: Callable[[], float] = time.time,
-                 resync_interval: float = 1.0, sites: Mapping[str, tuple[float, float]] | None = None) -> None:
+                 resync_interval: float = 1.0, sites: Mapping[str, tuple[float, float]] | None = None,
+                 poll_interval: float = 0.01) -> None:
+        self.poll_interval = poll_interval
         self.node_id = node_id
         self.prefix = prefix
         self.stale_after = stale_after
@@ -82,7 +88,6 @@ class RedisStore:
         self._tasks: list[asyncio.Task[None]] = []
         self._local_health: dict[str, str] = {}
         self._last: Overrides = Overrides()
-        self._fingerprint: tuple[Any, ...] = ()
         self.resyncs = 0
 
     def key(self, *parts: str) -> str:
@@ -121,18 +126,15 @@ class RedisStore:
         """Connect, resync, follow changes; on any failure back off (with jitter) and retry."""
         delay = 0.1
         while True:
-            pubsub = None
             try:
                 await self.redis.ping()
-                pubsub = self.redis.pubsub()
-                await pubsub.subscribe(self.key("changes"))
                 await self._resync()
                 self.connected = True
                 delay = 0.1
                 log.info("state store: connected to Redis %s as node %s", self.describe, self.node_id)
                 self._notify("overrides")
                 self._notify("health")
-                await self._follow(pubsub)
+                await self._watch()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, StoreError) as exc:
@@ -141,31 +143,33 @@ class RedisStore:
                 self.connected = False
                 self.last_error = f"{exc.__class__.__name__}: {exc}"
                 self._notify("status")
-            finally:
-                if pubsub is not None:
-                    with contextlib.suppress(RedisError, OSError):
-                        await pubsub.aclose()
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 5.0)
 
-    async def _follow(self, pubsub: Any) -> None:
-        """Relay pub/sub messages; every ``resync_interval`` heartbeat, expire and compare."""
+    async def _watch(self) -> None:
+        """Poll the two version counters (one MGET per ``poll_interval``): cheaper per change
+        than decoding pub/sub messages, immune to missed messages, and a burst of changes
+        costs one re-read per poll at most. Every ``resync_interval``: heartbeat, expire
+        drains, and notice registrations that expired (their keys vanish without a write)."""
+        seen: list[Any] = [None, None]
         next_beat = 0.0
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.resync_interval / 2)
-            if message is not None:
-                data = str(message.get("data", ""))
-                self._notify("health" if data.startswith("health") else "overrides")
+            versions = await self.redis.mget(self.key("version"), self.key("health_version"))
+            if versions[0] != seen[0]:
+                self._notify("overrides")
+            if versions[1] != seen[1]:
+                self._notify("health")
+            seen = versions
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.resync_interval
                 await self._heartbeat()
                 self.connected = True
                 await self._expire()
-                fingerprint = await self._overrides_fingerprint()
-                if fingerprint != self._fingerprint:
-                    self._fingerprint = fingerprint
+                registrations = await self._live_registrations()
+                if registrations != self._last.registrations:
                     self._notify("overrides")
+            await asyncio.sleep(self.poll_interval)
 
     async def _resync(self) -> None:
         """After (re)connecting: if Redis lost everything, write back what this node knows."""
@@ -180,6 +184,7 @@ class RedisStore:
                 if reg.expires > now:
                     pipe.set(self.key("reg", f"{reg.service}/{reg.id}"), json.dumps(reg.to_json()),
                              px=max(1, int((reg.expires - now) * 1000)))
+                    pipe.sadd(self.key("regs"), f"{reg.service}/{reg.id}")
             pipe.incr(self.key("version"))
             await pipe.execute()
             if last.drains or last.registrations:
@@ -206,10 +211,17 @@ class RedisStore:
                                                 "undrained", "drain expired"))
                 await self._bump("overrides")
 
-    async def _overrides_fingerprint(self) -> tuple[Any, ...]:
-        drains = await self.redis.hkeys(self.key("drains"))
-        regs = [k async for k in self.redis.scan_iter(match=self.key("reg", "*"), count=1000)]
-        return (await self.redis.get(self.key("version")), tuple(sorted(drains)), tuple(sorted(regs)))
+    async def _live_registrations(self) -> tuple[Registration, ...]:
+        """Registrations whose keys still exist; index entries of expired ones are dropped."""
+        members = sorted(await self.redis.smembers(self.key("regs")))
+        if not members:
+            return ()
+        values = await self.redis.mget([self.key("reg", m) for m in members])
+        gone = [m for m, v in zip(members, values, strict=True) if v is None]
+        if gone:
+            await self.redis.srem(self.key("regs"), *gone)
+        return tuple(sorted((_registration_from(v) for v in values if v is not None),
+                            key=lambda r: (r.service, r.id)))
 
     async def _bump(self, message: str) -> None:
         pipe = self.redis.pipeline()
@@ -233,13 +245,14 @@ class RedisStore:
     async def overrides(self) -> Overrides:
         async def read() -> Overrides:
             now = self.clock()
-            drains = [_drain_from(raw) for raw in (await self.redis.hgetall(self.key("drains"))).values()]
-            keys = [k async for k in self.redis.scan_iter(match=self.key("reg", "*"), count=1000)]
-            regs = [_registration_from(raw) for raw in (await self.redis.mget(keys) if keys else []) if raw]
-            version = int(await self.redis.get(self.key("version")) or 0)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.hgetall(self.key("drains"))
+            pipe.get(self.key("version"))
+            raw_drains, version = await pipe.execute()
+            drains = [_drain_from(raw) for raw in raw_drains.values()]
             return Overrides(tuple(sorted((d for d in drains if d.expires is None or d.expires > now),
                                           key=lambda d: (d.kind, d.pattern))),
-                             tuple(sorted(regs, key=lambda r: (r.service, r.id))), version)
+                             await self._live_registrations(), int(version or 0))
 
         self._last = await self._call(read())
         return self._last
@@ -257,8 +270,12 @@ class RedisStore:
 
     async def register(self, registration: Registration) -> bool:
         ttl_ms = max(1, int((registration.expires - self.clock()) * 1000))
-        key = self.key("reg", f"{registration.service}/{registration.id}")
-        previous = await self._call(self.redis.set(key, json.dumps(registration.to_json()), px=ttl_ms, get=True))
+        member = f"{registration.service}/{registration.id}"
+        key = self.key("reg", member)
+        pipe = self.redis.pipeline()
+        pipe.set(key, json.dumps(registration.to_json()), px=ttl_ms, get=True)
+        pipe.sadd(self.key("regs"), member)
+        previous, _ = await self._call(pipe.execute())
         new = previous is None
         changed = new or _registration_from(previous).to_json() | {"expires": 0, "registered": 0} != \
             registration.to_json() | {"expires": 0, "registered": 0}
@@ -267,7 +284,10 @@ class RedisStore:
         return new
 
     async def deregister(self, service: str, endpoint_id: str) -> bool:
-        removed = bool(await self._call(self.redis.delete(self.key("reg", f"{service}/{endpoint_id}"))))
+        pipe = self.redis.pipeline()
+        pipe.delete(self.key("reg", f"{service}/{endpoint_id}"))
+        pipe.srem(self.key("regs"), f"{service}/{endpoint_id}")
+        removed = bool((await self._call(pipe.execute()))[0])
         if removed:
             await self._call(self._bump("overrides"))
         return removed
@@ -292,6 +312,7 @@ class RedisStore:
         pipe = self.redis.pipeline()
         pipe.hset(self.key("health", self.node_id), mapping=dict(states))
         pipe.hset(self.key("nodes"), self.node_id, repr(self.clock()))
+        pipe.incr(self.key("health_version"))
         pipe.publish(self.key("changes"), f"health:{self.node_id}")
         await self._call(pipe.execute())
 
