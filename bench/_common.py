@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -543,3 +544,321 @@ def measure(server: Server, queryfile: Path, duration: float, **dnsperf_kw: Any)
     perf = run_dnsperf(server.port, queryfile, duration, **dnsperf_kw)
     cpu1, t1 = server.cpu_seconds(), time.monotonic()
     return Measured(perf, cpu1 - cpu0, t1 - t0)
+
+
+# --------------------------------------------------------------------------- additions for bench/policy
+# (new helpers only; nothing above changes behaviour)
+
+PACKAGES.setdefault("pdns_server", "pdns-server")
+
+PDNS_CONF = """\
+launch={launch}
+bind-config={dir}/named.conf
+local-address={host}:{port}
+enable-lua-records=yes
+edns-subnet-processing={ecs}
+socket-dir={dir}/run
+daemon=no
+guardian=no
+disable-syslog=yes
+log-dns-queries=no
+receiver-threads=1
+distributor-threads=1
+webserver=no
+api=no
+security-poll-suffix=
+{extra}"""
+
+PDNS_GEOIP_BACKEND = Path("/usr/lib/x86_64-linux-gnu/pdns/libgeoipbackend.so")
+
+
+def pdns_has_geoip_backend() -> bool:
+    """Whether pdns-backend-geoip is installed (LUA ``pickclosest`` needs it for lookups)."""
+    return PDNS_GEOIP_BACKEND.exists() or any(
+        Path(d, "libgeoipbackend.so").exists() for d in ("/usr/lib/pdns", "/usr/lib64/pdns"))
+
+
+class PdnsServer(Server):
+    """PowerDNS Authoritative (bind backend, LUA records on, packet cache left at its default)
+    in the foreground; with ``geoip_db`` the geoip backend is launched too so that LUA
+    ``pickclosest``/``country()`` can look clients up. ``security-poll-suffix=`` keeps it
+    from sending its release-check query off the machine."""
+
+    def __init__(self, port: int, workdir: Path, zone: str, zonefile: Path, *, cpus: str = "1",
+                 geoip_db: Path | None = None, ecs: bool = True, extra: str = "") -> None:
+        super().__init__("pdns", port, workdir)
+        self.zone, self.zonefile, self.cpus = zone, zonefile, cpus
+        self.geoip_db, self.ecs, self.extra = geoip_db, ecs, extra
+
+    def start(self) -> None:
+        d = self.workdir
+        (d / "run").mkdir(parents=True, exist_ok=True)
+        zone_copy = d / self.zonefile.name
+        shutil.copy(self.zonefile, zone_copy)
+        (d / "named.conf").write_text(f'zone "{self.zone}" {{ type master; file "{zone_copy}"; }};\n')
+        extra = self.extra
+        launch = "bind"
+        if self.geoip_db is not None:
+            launch = "bind,geoip"
+            (d / "geo-zones.yaml").write_text("domains: []\n")
+            extra += (f"geoip-database-files=mmdb:{self.geoip_db}\n"
+                      f"geoip-zones-file={d / 'geo-zones.yaml'}\n")
+        (d / "pdns.conf").write_text(PDNS_CONF.format(launch=launch, dir=d, host=HOST, port=self.port,
+                                                      ecs="yes" if self.ecs else "no", extra=extra))
+        self.log_path = d / "pdns.log"
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(["taskset", "-c", self.cpus, "pdns_server", f"--config-dir={d}"],
+                                         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        proc = self.proc
+        wait_dns(self.port, self.zone, alive=lambda: proc.poll() is None)
+
+
+def run_dnsperf_args(port: int, queryfile: Path, duration: float, extra_args: list[str], *, clients: int = 4,
+                     outstanding: int = 100, threads: int = 1, rate: int | None = None, cpus: str = "0",
+                     max_runs: int | None = None, workdir: Path | None = None) -> DnsperfResult:
+    """``run_dnsperf`` with extra dnsperf arguments (``-B`` for a binary query file whose
+    messages each carry their own EDNS options, e.g. a different client subnet per query)."""
+    cmd = ["taskset", "-c", cpus, "dnsperf", "-s", HOST, "-p", str(port), "-d", str(queryfile),
+           "-l", f"{duration:g}", "-c", str(clients), "-q", str(outstanding), "-T", str(threads)]
+    if rate:
+        cmd += ["-Q", str(rate)]
+    if max_runs is not None:
+        cmd += ["-n", str(max_runs)]
+    cmd += extra_args
+    out_path = (workdir or Path("/tmp")) / f"dnsperf-{port}-{time.monotonic_ns()}.out"
+    try:
+        with open(out_path, "w+") as out:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  timeout=duration + 60)
+            out.seek(0)
+            text = out.read()
+    finally:
+        out_path.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise BenchError(f"dnsperf failed ({proc.returncode}): {' '.join(cmd)}\n{text[-2000:]}")
+    return parse_dnsperf(text, cmd)
+
+
+def tree_cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of ``pid`` and its descendants, counted as ``tree_cpu_seconds``."""
+    user = system = 0
+    for p in process_tree(pid):
+        f = _stat_fields(p)
+        if f is None:
+            continue
+        user += int(f[11]) + int(f[13])
+        system += int(f[12]) + int(f[14])
+    return user / CLK_TCK, system / CLK_TCK
+
+
+@dataclass
+class MeasuredSplit(Measured):
+    """``Measured`` plus the server's system (kernel) share of the CPU time."""
+
+    sys_seconds: float = 0.0
+
+
+def measure_args(server: Server, queryfile: Path, duration: float, extra_args: list[str],
+                 **dnsperf_kw: Any) -> MeasuredSplit:
+    """``measure`` with extra dnsperf arguments (see ``run_dnsperf_args``) and the user/system split
+    (of the server's process tree: ``server.cpu_seconds()`` is not consulted)."""
+    server.before_run()
+    u0, s0 = tree_cpu_split(server.pid)
+    t0 = time.monotonic()
+    perf = run_dnsperf_args(server.port, queryfile, duration, extra_args, **dnsperf_kw)
+    u1, s1 = tree_cpu_split(server.pid)
+    t1 = time.monotonic()
+    return MeasuredSplit(perf, (u1 - u0) + (s1 - s0), t1 - t0, sys_seconds=s1 - s0)
+
+
+# DNS messages built by hand, for binary (-B) dnsperf files and in-process benchmarks.
+
+QTYPES = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28, "SRV": 33, "ANY": 255}
+OPTION_ECS = 8
+
+
+def qname_wire(name: str) -> bytes:
+    labels = [lb for lb in name.rstrip(".").split(".") if lb]
+    return b"".join(bytes([len(lb)]) + lb.encode("ascii") for lb in labels) + b"\0"
+
+
+def ecs_option(family: int, source: int, address: bytes) -> bytes:
+    """An EDNS Client Subnet option (RFC 7871): ``address`` is the full 4 or 16 bytes; only
+    the first ceil(source/8) are sent, with the bits past ``source`` cleared."""
+    n = (source + 7) // 8
+    addr = bytearray(address[:n])
+    if source % 8 and n:
+        addr[-1] &= (0xFF << (8 - source % 8)) & 0xFF
+    body = struct.pack("!HBB", family, source, 0) + bytes(addr)
+    return struct.pack("!HH", OPTION_ECS, len(body)) + body
+
+
+def query_message(name: str, qtype: str | int, *, qid: int = 0, rd: bool = False, edns_size: int | None = 1232,
+                  options: bytes = b"") -> bytes:
+    """One query; with ``edns_size`` an OPT record carrying ``options`` (already encoded)."""
+    code = QTYPES[qtype] if isinstance(qtype, str) else qtype
+    header = struct.pack("!6H", qid, 0x0100 if rd else 0, 1, 0, 0, 1 if edns_size else 0)
+    msg = header + qname_wire(name) + struct.pack("!HH", code, 1)
+    if edns_size:
+        msg += b"\0" + struct.pack("!HHIH", 41, edns_size, 0, len(options)) + options
+    return msg
+
+
+# --------------------------------------------------------------------------- additions for bench/propagation
+# (new helpers only; nothing above changes behaviour)
+
+PACKAGES.setdefault("redis-server", "redis-server")
+
+
+def wait_redis(host: str, port: int, timeout: float = 10.0, alive: Callable[[], bool] | None = None) -> None:
+    """Until ``PING`` gets ``+PONG`` (raw RESP over a socket: no client library needed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            if s.recv(64).startswith(b"+PONG"):
+                return
+        if alive is not None and not alive():
+            raise BenchError(f"redis-server on port {port} exited during startup")
+        time.sleep(0.05)
+    raise BenchError(f"redis-server on {host}:{port} did not answer PING after {timeout:.0f}s")
+
+
+class RedisServer(Server):
+    """``redis-server`` in the foreground on 127.0.0.1:PORT, nothing persisted
+    (``--save "" --appendonly no``), its working directory under ``workdir``."""
+
+    def __init__(self, port: int, workdir: Path, *, cpus: str = "0") -> None:
+        super().__init__("redis", port, workdir)
+        self.cpus = cpus
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / "redis.log"
+        cmd = ["taskset", "-c", self.cpus, "redis-server", "--bind", HOST, "--port", str(self.port),
+               "--save", "", "--appendonly", "no", "--daemonize", "no", "--dir", str(self.workdir),
+               "--logfile", str(self.log_path), "--protected-mode", "yes"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        proc = self.proc
+        wait_redis(HOST, self.port, alive=lambda: proc.poll() is None)
+
+
+class GslbNode(Server):
+    """``gslb serve -c CONFIG --dns HOST:PORT [--http 127.0.0.1:HPORT | --no-http] --redis URL``
+    for a node of a cluster sharing one Redis, with extra environment (the API token).
+    ``source`` runs the node from another checkout of the code (default: this repo)."""
+
+    def __init__(self, name: str, host: str, port: int, workdir: Path, config: Path, *, redis_url: str,
+                 http_port: int | None = None, cpus: str = "1", env: dict[str, str] | None = None,
+                 source: Path | None = None) -> None:
+        super().__init__(name, port, workdir)
+        self.host, self.config, self.redis_url = host, config, redis_url
+        self.http_port, self.cpus, self.env, self.source = http_port, cpus, env or {}, source
+
+    def start(self) -> None:
+        self.log_path = self.workdir / f"{self.name}.log"
+        cmd = ["taskset", "-c", self.cpus, *gslb_command(), "--log-level", "INFO", "serve",
+               "-c", str(self.config), "--dns", f"{self.host}:{self.port}", "--redis", self.redis_url]
+        cmd += ["--http", f"{HOST}:{self.http_port}"] if self.http_port else ["--no-http"]
+        env = {**os.environ, **self.env}
+        cwd = REPO
+        if self.source is not None:
+            cwd = self.source
+            env["PYTHONPATH"] = str(self.source) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                         stdin=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = self.log_path.read_text(errors="replace")
+            if "gslb node ready" in text:
+                break
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name}: gslb serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            time.sleep(0.05)
+        else:
+            raise BenchError(f"{self.name}: gslb serve did not log 'gslb node ready':\n{self.log_tail()}")
+
+
+def run_dnsperf_at(host: str, port: int, queryfile: Path, duration: float, *, clients: int = 4,
+                   outstanding: int = 100, threads: int = 1, rate: int | None = None, cpus: str = "0",
+                   max_runs: int | None = None, workdir: Path | None = None) -> DnsperfResult:
+    """``run_dnsperf`` against a server on another loopback address (``-s HOST``)."""
+    cmd = ["taskset", "-c", cpus, "dnsperf", "-s", host, "-p", str(port), "-d", str(queryfile),
+           "-l", f"{duration:g}", "-c", str(clients), "-q", str(outstanding), "-T", str(threads)]
+    if rate:
+        cmd += ["-Q", str(rate)]
+    if max_runs is not None:
+        cmd += ["-n", str(max_runs)]
+    out_path = (workdir or Path("/tmp")) / f"dnsperf-{host}-{port}-{time.monotonic_ns()}.out"
+    try:
+        with open(out_path, "w+") as out:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  timeout=duration + 60)
+            out.seek(0)
+            text = out.read()
+    finally:
+        out_path.unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise BenchError(f"dnsperf failed ({proc.returncode}): {' '.join(cmd)}\n{text[-2000:]}")
+    return parse_dnsperf(text, cmd)
+
+
+def _skip_name(msg: bytes, pos: int) -> int:
+    """Offset just past the (possibly compressed) domain name at ``pos``."""
+    for _ in range(128):
+        length = msg[pos]
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2
+        pos += 1 + length
+    raise ValueError("name too long")
+
+
+def reply_a_records(msg: bytes) -> tuple[int, int, list[str]] | None:
+    """(id, rcode, A addresses in the answer section) of a DNS reply; None when malformed."""
+    try:
+        qid, flags, qd, an = struct.unpack_from("!4H", msg, 0)
+        pos = 12
+        for _ in range(qd):
+            pos = _skip_name(msg, pos) + 4
+        out = []
+        for _ in range(an):
+            pos = _skip_name(msg, pos)
+            rtype, _cls, _ttl, rdlen = struct.unpack_from("!HHIH", msg, pos)
+            pos += 10
+            if rtype == 1 and rdlen == 4:
+                out.append(socket.inet_ntoa(msg[pos:pos + 4]))
+            pos += rdlen
+        return qid, flags & 0xF, out
+    except (struct.error, IndexError, ValueError):
+        return None
+
+
+def core_ticks() -> dict[int, tuple[int, int]]:
+    """Per core (busy, total) jiffies from /proc/stat; busy excludes idle and iowait. The
+    busy share of a core over an interval, minus what our own processes used there, is the
+    load other programs put on it (this VM is shared)."""
+    out: dict[int, tuple[int, int]] = {}
+    with open("/proc/stat") as fh:
+        for line in fh:
+            if line.startswith("cpu") and line[3:4].isdigit():
+                name, *values = line.split()
+                v = [int(x) for x in values]
+                total = sum(v[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+                out[int(name[3:])] = (total - v[3] - v[4], total)
+    return out
+
+
+def core_busy(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> dict[int, float]:
+    """Busy fraction of each core between two ``core_ticks`` readings."""
+    return {c: (after[c][0] - before[c][0]) / max(1, after[c][1] - before[c][1]) for c in after if c in before}
