@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from gslb.node import Node
 
 NODE: web.AppKey[Node] = web.AppKey("node")
+STATIC = Path(__file__).parent / "static"
 MAX_BODY = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -271,6 +273,26 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
 
 
 @read
+async def list_sites(request: web.Request) -> web.Response:
+    sites = request.app[NODE].snapshot.sites
+    return web.json_response({"sites": [
+        {"name": name, "lat": site.lat, "lon": site.lon, "country": site.country, "continent": site.continent,
+         "labels": dict(site.labels)} for name, site in sorted(sites.items())]})
+
+
+@read
+async def get_traffic(request: web.Request) -> web.Response:
+    """Answers per GSLB name and site since start: the map takes differences over time."""
+    stats = request.app[NODE].handler.current_stats()
+    return web.json_response({"at": time.time(), "answers": [
+        {"name": name, "site": site, "count": count} for (name, site), count in sorted(stats.answers.items())]})
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@read
 async def get_metrics(request: web.Request) -> web.Response:
     from gslb.api.metrics import render
 
@@ -294,4 +316,8 @@ def make_app(node: Node) -> web.Application:
     app.router.add_post("/api/v1/reload", post_reload)
     app.router.add_get("/api/v1/explain", get_explain)
     app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/api/v1/sites", list_sites)
+    app.router.add_get("/api/v1/traffic", get_traffic)
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC, show_index=False)
     return app
