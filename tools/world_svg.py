@@ -34,7 +34,8 @@ def ring(indexes: list[int], arcs: list[list[tuple[float, float]]]) -> list[tupl
 
 
 def main(path: str) -> None:
-    topo = json.load(open(path))
+    with open(path) as f:
+        topo = json.load(f)
     arcs = decode_arcs(topo)
     parts = []
     for geometry in topo["objects"]["land"]["geometries"]:
