@@ -66,9 +66,16 @@ HostPort = Annotated[tuple[str, int], BeforeValidator(_parse_hostport)]
 def _parse_ip(value: Any) -> Any:
     if isinstance(value, str):
         try:
-            return ipaddress.ip_address(value.strip())
+            value = ipaddress.ip_address(value.strip())
         except ValueError:
             raise ValueError(f"{value!r} is not a valid IPv4 or IPv6 address") from None
+    return no_zone(value)
+
+
+def no_zone(value: Any) -> Any:
+    """Refuse IPv6 zone ids (fe80::1%eth0): they mean nothing in a DNS answer."""
+    if isinstance(value, IPv6Address) and value.scope_id:
+        raise ValueError(f"{value} has a zone id (%{value.scope_id}); answers need a plain address")
     return value
 
 
@@ -82,6 +89,7 @@ def _parse_network(value: Any) -> Any:
 
 
 IpAddress = Annotated[IPv4Address | IPv6Address, BeforeValidator(_parse_ip)]
+Ipv6Address = Annotated[IPv6Address, AfterValidator(no_zone)]
 IpNetwork = Annotated[IPv4Network | IPv6Network, BeforeValidator(_parse_network)]
 
 
@@ -167,7 +175,7 @@ class ARecord(_RecordBase):
 
 class AAAARecord(_RecordBase):
     type: Literal["AAAA"]
-    address: IPv6Address
+    address: Ipv6Address
 
 
 class CnameRecord(_RecordBase):
@@ -247,7 +255,7 @@ class EndpointConfig(Strict):
     site: str
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,100}$", description="id; default derived")
     ipv4: IPv4Address | None = None
-    ipv6: IPv6Address | None = None
+    ipv6: Ipv6Address | None = None
     cname: DomainName | None = Field(None, description="answer a CNAME to this name (cloud LB hostname)")
     weight: int = Field(1, ge=0, le=1_000_000)
     enabled: bool = True

@@ -14,13 +14,14 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gslb.config import Ipv6Address
 from gslb.errors import StoreError
 from gslb.store import Drain, Registration, StoreEvent
 
@@ -47,7 +48,7 @@ class DrainBody(Body):
 class RegistrationBody(Body):
     site: str = Field(min_length=1, max_length=63)
     ipv4: IPv4Address | None = None
-    ipv6: IPv6Address | None = None
+    ipv6: Ipv6Address | None = None
     weight: int = Field(1, ge=0, le=1_000_000)
     ttl: float = Field(30, ge=1, le=86400, description="seconds until it expires without a heartbeat")
 
@@ -300,6 +301,12 @@ async def get_metrics(request: web.Request) -> web.Response:
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
+async def get_openapi(request: web.Request) -> web.Response:
+    from gslb.api.openapi import openapi_document
+
+    return web.json_response(openapi_document())
+
+
 def make_app(node: Node) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[NODE] = node
@@ -320,4 +327,5 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/api/v1/traffic", get_traffic)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC, show_index=False)
+    app.router.add_get("/api/v1/openapi.json", get_openapi)
     return app
