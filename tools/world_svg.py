@@ -33,6 +33,22 @@ def ring(indexes: list[int], arcs: list[list[tuple[float, float]]]) -> list[tupl
     return points
 
 
+def unwrap(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Undo the jumps of a ring that crosses the 180th meridian: keep each step under half
+    the map's width, letting x run past 0 or 1000."""
+    out: list[tuple[float, float]] = []
+    offset = 0.0
+    for x, y in points:
+        if out:
+            step = x + offset - out[-1][0]
+            if step > 500:
+                offset -= 1000
+            elif step < -500:
+                offset += 1000
+        out.append((x + offset, y))
+    return out
+
+
 def main(path: str) -> None:
     with open(path) as f:
         topo = json.load(f)
@@ -42,9 +58,13 @@ def main(path: str) -> None:
         polygons = geometry["arcs"] if geometry["type"] == "MultiPolygon" else [geometry["arcs"]]
         for polygon in polygons:
             for indexes in polygon:
-                pts = [(round((lon + 180) * 1000 / 360, 1), round((90 - lat) * 500 / 180, 1))
-                       for lon, lat in ring(indexes, arcs)]
-                parts.append("M" + "L".join(f"{x:g},{y:g}" for x, y in pts) + "Z")
+                pts = unwrap([((lon + 180) * 1000 / 360, (90 - lat) * 500 / 180)
+                              for lon, lat in ring(indexes, arcs)])
+                low, high = min(x for x, _ in pts), max(x for x, _ in pts)
+                # a ring that crosses the 180th meridian is drawn unbroken, then again one map
+                # width over, so each side of the map shows its half (the viewBox clips the rest)
+                for shift in [0] + ([-1000] if high > 1000 else []) + ([1000] if low < 0 else []):
+                    parts.append("M" + "L".join(f"{round(x + shift, 1):g},{round(y, 1):g}" for x, y in pts) + "Z")
     sys.stdout.write("".join(parts) + "\n")
 
 
