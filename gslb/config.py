@@ -113,6 +113,14 @@ class HttpListenerConfig(Strict):
     token: str | None = Field(None, min_length=16, description="bearer token for write calls")
     token_env: str = Field("GSLB_API_TOKEN", description="environment variable read when 'token' is unset")
     read_token: bool = Field(False, description="require the token for reads too")
+    tls_cert: Path | None = Field(None, description="serve the API over HTTPS with this certificate (PEM)")
+    tls_key: Path | None = Field(None, description="and this private key (PEM)")
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpListenerConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give both tls_cert and tls_key, or neither")
+        return self
 
 
 class SentinelConfig(Strict):

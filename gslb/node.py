@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import signal
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Hashable, Mapping
 from contextlib import AsyncExitStack
@@ -65,7 +66,7 @@ class Node:
     def status(self) -> dict[str, Any]:
         serials = {apex: zone.soa.rrs[0].rdata.times[0] for apex, zone in self.snapshot.zones.items()}
         return {
-            "ready": self.dns is not None,
+            "ready": self.dns is not None and self.first_verdicts_in(),
             "config": str(self.path),
             "generation": self.snapshot.generation,
             "serials": serials,
@@ -74,6 +75,10 @@ class Node:
             "health": self.health_status(),
             "store": self.store_status(),
         }
+
+    def first_verdicts_in(self) -> bool:
+        """Every health check has run at least once (answers no longer rest on initial states)."""
+        return all(t.last_checked is not None for t in self.tracker.targets.values())
 
     def store_status(self) -> dict[str, Any]:
         status = self.store.status()
@@ -161,6 +166,10 @@ class Node:
         targets = check_targets(self.loaded.compiled)
         self._check_ids = {t.key: check_id(t.key) for t in targets}
         self.scheduler.sync(targets)
+
+    def _http_tls(self) -> ssl.SSLContext | None:
+        cfg = self.loaded.config.server.http
+        return _tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
 
     def rebuild(self) -> None:
         """A new snapshot from the config and the current health, swapped in whole."""
@@ -324,7 +333,7 @@ class Node:
                 await runner.setup()
                 stack.push_async_callback(runner.cleanup)
                 stack.callback(self._end_streams)
-                site = web.TCPSite(runner, http[0], http[1])
+                site = web.TCPSite(runner, http[0], http[1], ssl_context=self._http_tls())
                 await site.start()
                 sock = site._server.sockets[0]  # type: ignore[union-attr]
                 self.http_address = sock.getsockname()[:2]
@@ -344,6 +353,13 @@ class VotedHealth:
 
     def seconds_to_change(self) -> float | None:
         return self.local.seconds_to_change()
+
+
+def _tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def check_id(key: Hashable) -> str:
