@@ -96,22 +96,36 @@ class GeoDatabase:
             raise GslbError(f"GeoIP database {path} is a {kind} database; a City or Country one is needed")
         self.path = str(path)
         self.database_type = kind
-        self._cache: dict[IPv4Address | IPv6Address, tuple[Location | None, int]] = {}
+        # Results per database network: (address bits, prefix, network number) -> result. An
+        # MMDB is a trie, so every address under a network the database returned shares its
+        # record: a later address in that network is found by probing the prefix lengths seen.
+        self._networks: dict[tuple[int, int, int], tuple[Location | None, int]] = {}
+        self._prefixes: dict[int, list[int]] = {32: [], 128: []}
         self._cache_size = cache_size
 
     def locate(self, address: IPv4Address | IPv6Address) -> tuple[Location | None, int]:
         """The location of ``address`` and the prefix length of the database network holding
         it (for IPv4 counted in IPv4 bits)."""
-        hit = self._cache.get(address)
-        if hit is not None:
-            return hit
+        bits = address.max_prefixlen
+        value = int(address)
+        networks = self._networks
+        for prefix in self._prefixes[bits]:
+            hit = networks.get((bits, prefix, value >> (bits - prefix)))
+            if hit is not None:
+                return hit
         record, prefix = self._reader.get_with_prefix_len(address)
-        if address.version == 4 and prefix > 32:  # IPv4 in an IPv6 tree
+        if bits == 32 and prefix > 32:  # IPv4 in an IPv6 tree
             prefix -= 96
-        result = (location_from_record(record), max(0, prefix))  # type: ignore[arg-type]
-        if len(self._cache) >= self._cache_size:
-            self._cache.clear()
-        self._cache[address] = result
+        prefix = max(0, min(prefix, bits))
+        result = (location_from_record(record), prefix)  # type: ignore[arg-type]
+        if len(networks) >= self._cache_size:
+            networks.clear()
+            self._prefixes = {32: [], 128: []}
+        networks[(bits, prefix, value >> (bits - prefix))] = result
+        known = self._prefixes[bits]
+        if prefix not in known:
+            known.append(prefix)
+            known.sort(reverse=True)
         return result
 
     def close(self) -> None:
