@@ -83,8 +83,11 @@ class Scheduler:
 
     async def _run(self, target: CheckTarget) -> None:
         cfg = target.monitor.config
-        # spread the first checks over one interval so a start does not probe everything at once
-        due = time.monotonic() + self.rng.uniform(0, min(cfg.interval, 1.0) * cfg.jitter)
+        # The first check comes soon (a verdict for every target within about a second), then
+        # each target takes a random phase within the interval: thousands of targets started
+        # together would otherwise stay bunched and queue up at every round.
+        due = time.monotonic() + self.rng.uniform(0, min(cfg.interval, 1.0) * max(cfg.jitter, 0.1))
+        first = True
         while True:
             delay = due - time.monotonic()
             if delay > 0:
@@ -104,7 +107,11 @@ class Scheduler:
                 if self.on_event is not None:
                     self.on_event(event)
             spread = cfg.interval * cfg.jitter
-            due += cfg.interval + (self.rng.uniform(-spread, spread) / 2 if spread else 0)
+            if first:
+                first = False
+                due += self.rng.uniform(0, cfg.interval) if spread else cfg.interval
+            else:
+                due += cfg.interval + (self.rng.uniform(-spread, spread) / 2 if spread else 0)
             now = time.monotonic()
             if due < now - cfg.interval:  # fell far behind (overload, suspend): do not burst to catch up
                 due = now
