@@ -230,5 +230,5 @@ class QueryHandler:
             return [self._rcode_only(data, REFUSED, query, True)]
         log.info("zone transfer of %s to %s", zone.apex, client)
         self.rcodes[0] += 1
-        return list(axfr_messages(zone, query))
+        return list(axfr_messages(zone, query, udp_size=self.udp_size))
 

@@ -11,7 +11,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from dnslib import QTYPE, RR, DNSHeader, DNSLabel, DNSQuestion, DNSRecord
 
-from dnsserver.wire import COPIED_FLAGS, ParsedQuery
+from dnsserver.wire import COPIED_FLAGS, FLAG_AA, FLAG_QR, ParsedQuery, opt_record
 from gslb.compile import ZoneData
 
 MAX_MESSAGE = 16_000  # keeps compression pointers (14 bits) valid and messages small
@@ -37,14 +37,16 @@ def zone_records(zone: ZoneData) -> list[RR]:
     return [soa, *body, soa]
 
 
-def axfr_messages(zone: ZoneData, query: ParsedQuery) -> Iterator[bytes]:
-    """The transfer as a series of messages, each under ``MAX_MESSAGE`` bytes."""
+def axfr_messages(zone: ZoneData, query: ParsedQuery, *, udp_size: int = 1232) -> Iterator[bytes]:
+    """The transfer as a series of messages, each under ``MAX_MESSAGE`` bytes; each carries
+    our OPT when the query had one."""
     records = zone_records(zone)
+    opt = b"" if query.edns is None else opt_record(query.edns, udp_size=udp_size)
     first = True
     while records:
         count = len(records)
         while True:
-            wire = _message(query, records[:count], with_question=first)
+            wire = _message(query, records[:count], with_question=first, opt=opt)
             if len(wire) <= MAX_MESSAGE or count == 1:
                 break
             count = max(1, count // 2)
@@ -53,11 +55,14 @@ def axfr_messages(zone: ZoneData, query: ParsedQuery) -> Iterator[bytes]:
         first = False
 
 
-def _message(query: ParsedQuery, records: list[RR], *, with_question: bool) -> bytes:
-    header = DNSHeader(id=query.id, qr=1, aa=1)
-    header.bitmap |= query.flags & COPIED_FLAGS
+def _message(query: ParsedQuery, records: list[RR], *, with_question: bool, opt: bytes) -> bytes:
     questions = [DNSQuestion(DNSLabel(query.labels), query.qtype, query.qclass)] if with_question else []
-    wire = bytes(DNSRecord(header, questions=questions, rr=records).pack())
+    wire = bytes(DNSRecord(DNSHeader(id=query.id), questions=questions, rr=records).pack())
+    # our own flags (dnslib's header defaults would set RD): QR, AA, RD and CD copied
+    flags = FLAG_QR | FLAG_AA | (query.flags & COPIED_FLAGS)
+    arcount = int.from_bytes(wire[10:12], "big") + (1 if opt else 0)
+    head = wire[:2] + flags.to_bytes(2, "big") + wire[4:10] + arcount.to_bytes(2, "big")
+    body = wire[12:]
     if with_question:  # echo the client's letter case
-        wire = wire[:12] + query.qname_wire + wire[12 + len(query.qname_wire) :]
-    return wire
+        body = query.qname_wire + body[len(query.qname_wire) :]
+    return head + body + opt
