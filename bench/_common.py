@@ -466,10 +466,13 @@ def parse_dnsperf(text: str, cmd: list[str]) -> DnsperfResult:
 def run_dnsperf(port: int, queryfile: Path, duration: float, *, clients: int = 4, outstanding: int = 100,
                 threads: int = 1, rate: int | None = None, verbose: bool = False, cpus: str = "0",
                 timeout: float | None = None, max_runs: int | None = None,
-                workdir: Path | None = None) -> DnsperfResult:
-    """``taskset -c CPUS dnsperf ... -l DURATION``; output goes to a file (fast with -v) and is parsed."""
-    cmd = ["taskset", "-c", cpus, "dnsperf", "-s", HOST, "-p", str(port), "-d", str(queryfile),
-           "-l", f"{duration:g}", "-c", str(clients), "-q", str(outstanding), "-T", str(threads)]
+                workdir: Path | None = None, host: str = HOST, extra_args: list[str] | None = None) -> DnsperfResult:
+    """``taskset -c CPUS dnsperf ... -l DURATION``; output goes to a file (fast with -v) and is parsed.
+    ``extra_args`` go before the rest (``-B`` for a binary query file whose messages each carry
+    their own EDNS options, e.g. a different client subnet per query)."""
+    cmd = ["taskset", "-c", cpus, "dnsperf", "-s", host, "-p", str(port), "-d", str(queryfile),
+           "-l", f"{duration:g}", "-c", str(clients), "-q", str(outstanding), "-T", str(threads),
+           *(extra_args or [])]
     if rate:
         cmd += ["-Q", str(rate)]
     if verbose:
@@ -614,30 +617,10 @@ class PdnsServer(Server):
         wait_dns(self.port, self.zone, alive=lambda: proc.poll() is None)
 
 
-def run_dnsperf_args(port: int, queryfile: Path, duration: float, extra_args: list[str], *, clients: int = 4,
-                     outstanding: int = 100, threads: int = 1, rate: int | None = None, cpus: str = "0",
-                     max_runs: int | None = None, workdir: Path | None = None) -> DnsperfResult:
-    """``run_dnsperf`` with extra dnsperf arguments (``-B`` for a binary query file whose
-    messages each carry their own EDNS options, e.g. a different client subnet per query)."""
-    cmd = ["taskset", "-c", cpus, "dnsperf", "-s", HOST, "-p", str(port), "-d", str(queryfile),
-           "-l", f"{duration:g}", "-c", str(clients), "-q", str(outstanding), "-T", str(threads)]
-    if rate:
-        cmd += ["-Q", str(rate)]
-    if max_runs is not None:
-        cmd += ["-n", str(max_runs)]
-    cmd += extra_args
-    out_path = (workdir or Path("/tmp")) / f"dnsperf-{port}-{time.monotonic_ns()}.out"
-    try:
-        with open(out_path, "w+") as out:
-            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  timeout=duration + 60)
-            out.seek(0)
-            text = out.read()
-    finally:
-        out_path.unlink(missing_ok=True)
-    if proc.returncode != 0:
-        raise BenchError(f"dnsperf failed ({proc.returncode}): {' '.join(cmd)}\n{text[-2000:]}")
-    return parse_dnsperf(text, cmd)
+def run_dnsperf_args(port: int, queryfile: Path, duration: float, extra_args: list[str],
+                     **kw: Any) -> DnsperfResult:
+    """``run_dnsperf`` with extra dnsperf arguments."""
+    return run_dnsperf(port, queryfile, duration, extra_args=extra_args, **kw)
 
 
 def tree_cpu_split(pid: int) -> tuple[float, float]:
@@ -788,28 +771,9 @@ class GslbNode(Server):
             raise BenchError(f"{self.name}: gslb serve did not log 'gslb node ready':\n{self.log_tail()}")
 
 
-def run_dnsperf_at(host: str, port: int, queryfile: Path, duration: float, *, clients: int = 4,
-                   outstanding: int = 100, threads: int = 1, rate: int | None = None, cpus: str = "0",
-                   max_runs: int | None = None, workdir: Path | None = None) -> DnsperfResult:
+def run_dnsperf_at(host: str, port: int, queryfile: Path, duration: float, **kw: Any) -> DnsperfResult:
     """``run_dnsperf`` against a server on another loopback address (``-s HOST``)."""
-    cmd = ["taskset", "-c", cpus, "dnsperf", "-s", host, "-p", str(port), "-d", str(queryfile),
-           "-l", f"{duration:g}", "-c", str(clients), "-q", str(outstanding), "-T", str(threads)]
-    if rate:
-        cmd += ["-Q", str(rate)]
-    if max_runs is not None:
-        cmd += ["-n", str(max_runs)]
-    out_path = (workdir or Path("/tmp")) / f"dnsperf-{host}-{port}-{time.monotonic_ns()}.out"
-    try:
-        with open(out_path, "w+") as out:
-            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  timeout=duration + 60)
-            out.seek(0)
-            text = out.read()
-    finally:
-        out_path.unlink(missing_ok=True)
-    if proc.returncode != 0:
-        raise BenchError(f"dnsperf failed ({proc.returncode}): {' '.join(cmd)}\n{text[-2000:]}")
-    return parse_dnsperf(text, cmd)
+    return run_dnsperf(port, queryfile, duration, host=host, **kw)
 
 
 def _skip_name(msg: bytes, pos: int) -> int:
