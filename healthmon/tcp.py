@@ -44,6 +44,14 @@ class TcpMonitor(Monitor):
 
     async def check(self, address: str, source: str | None) -> tuple[bool, str]:
         cfg = self.config
+        if not cfg.send and cfg.expect is None:
+            # a bare connect: a Protocol that closes at once costs far less than streams
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(cfg.timeout):
+                transport, _ = await loop.create_connection(asyncio.Protocol, address, self.port,
+                                                            local_addr=local(source))
+            transport.abort()
+            return True, "connected"
         async with asyncio.timeout(cfg.timeout):
             reader, writer = await asyncio.open_connection(address, self.port, local_addr=local(source))
             try:
