@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -184,6 +185,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         await node.run(listeners, http, stop)
 
     _use_uvloop()
+    # Answers and checks allocate many short-lived objects: collect the young generation less
+    # often (each collection is a pause for every query waiting in the socket).
+    gc.set_threshold(10_000, 20, 20)
     try:
         asyncio.run(run())
     finally:
