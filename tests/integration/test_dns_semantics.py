@@ -29,6 +29,7 @@ import dns.rrset
 import pytest
 import yaml
 
+from tests.support.dnswire import frame, read_frame
 from tests.support.servers import EXAMPLE, ThreadedNode, threaded_node
 
 TIMEOUT = 3.0
@@ -115,27 +116,6 @@ def udp_wire(addr: tuple[str, int], wire: bytes) -> bytes:
         s.connect(addr)
         s.send(wire)
         return s.recv(65535)
-
-
-def frame(wire: bytes) -> bytes:
-    return struct.pack("!H", len(wire)) + wire
-
-
-def recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    for _ in range(n + 1):
-        if len(buf) == n:
-            return buf
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError(f"EOF after {len(buf)} of {n} bytes")
-        buf += chunk
-    raise AssertionError("unreachable")
-
-
-def read_frame(sock: socket.socket) -> bytes:
-    (size,) = struct.unpack("!H", recv_exact(sock, 2))
-    return recv_exact(sock, size)
 
 
 def header(ident: int, flags: int = 0x0100, qd: int = 1, an: int = 0, ns: int = 0, ar: int = 0) -> bytes:
