@@ -13,6 +13,7 @@ import socket
 import sys
 from pathlib import Path
 
+from clusterlink.ca_cli import add_ca_commands, cmd_ca
 from gslb.config import HostPort, load_config
 from gslb.errors import ConfigError, GslbError
 
@@ -41,6 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-http", action="store_true", help="do not start the HTTP API")
     serve.add_argument("--redis", metavar="URL", help="shared state store (redis://, rediss://, unix://)")
     serve.add_argument("--workers", type=int, help="DNS processes sharing the ports (SO_REUSEPORT)")
+    serve.add_argument("--takeover", type=Path, metavar="PATH",
+                       help="hand-over socket: take the listeners over from the node serving there, then "
+                            "hand them to the next (overrides server.handover_socket)")
+    serve.add_argument("--state-file", type=Path, metavar="PATH",
+                       help="keep the embedded store's drains, registrations and events across restarts "
+                            "(overrides store.state_file)")
 
     check = sub.add_parser("check", help="validate a config file")
     check.add_argument("-c", "--config", required=True, type=Path)
@@ -57,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--client", required=True, help="the resolver's (or client's) address")
     explain.add_argument("--ecs", help="EDNS Client Subnet the resolver sends, e.g. 81.2.69.0/24")
     explain.add_argument("--json", action="store_true", help="print the trace as JSON")
+    add_ca_commands(sub)
+
+    link = sub.add_parser("link", help="run a cluster-link gateway (east-west traffic over mTLS)")
+    link.add_argument("-c", "--config", required=True, type=Path)
+    link.add_argument("--cluster", required=True, help="which mesh.clusters entry this gateway is")
+    link.add_argument("--api", type=_hostport, metavar="HOST:PORT", help="status and metrics HTTP listener")
     return parser
 
 
@@ -64,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "ca":
+        return cmd_ca(args)
+    if args.command == "link":
+        return cmd_link(args)
     if args.command == "check":
         return cmd_check(args.config)
     if args.command == "explain":
@@ -84,6 +101,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _use_uvloop()
     return asyncio.run(run_demo(dns_port=args.dns[1] if args.dns else 0, script=script,
                                 duration=args.duration, keys=script is None))
+
+
+def cmd_link(args: argparse.Namespace) -> int:
+    from clusterlink.run import serve_gateway
+
+    _use_uvloop()
+    return asyncio.run(serve_gateway(args.config, args.cluster, args.api))
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -124,6 +148,7 @@ def cmd_check(path: Path) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from dnsserver.server import bind_listener
+    from gslb.handover import Handover, from_systemd
     from gslb.node import Node, install_signals
 
     try:
@@ -143,12 +168,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except ValidationError as exc:
             log.error("--redis %s: %s", args.redis, exc.errors()[0]["msg"])
             return 2
+    state_file = args.state_file or _beside(args.config, store_config.state_file)
+    if state_file is not None:
+        if store_config.type != "memory":
+            log.error("--state-file keeps the embedded store's state; the %s store keeps its own across "
+                      "restarts", store_config.type)
+            return 2
+        store_config = store_config.model_copy(update={"state_file": state_file})
     server = loaded.config.server
     listen = args.dns or server.dns.listen
-    http = None if args.no_http else (args.http or server.http.listen)
+    http: tuple[str, int] | socket.socket | None = None if args.no_http else (args.http or server.http.listen)
     workers = args.workers or server.dns.workers
+    takeover = args.takeover or _beside(args.config, server.handover_socket)
+    if takeover is not None and workers > 1:
+        log.error("--takeover: handing the sockets of several worker processes over is not supported; "
+                  "run with --workers 1")
+        return 2
+    handover = Handover(takeover) if takeover is not None else None
     try:
-        listeners = [bind_listener(host, port, reuse_port=workers > 1) for host, port in listen]
+        inherited = (handover.take() if handover is not None else None) or from_systemd()
+        if inherited is not None and workers > 1:
+            raise GslbError("sockets from systemd need --workers 1")
+        if inherited is None:
+            listeners = [bind_listener(host, port, reuse_port=workers > 1) for host, port in listen]
+        else:
+            listeners = inherited.listeners(listen, bind_listener)
+            if isinstance(http, tuple):
+                http = inherited.take(socket.SOCK_STREAM, *http) or http
+            inherited.close_rest()
     except GslbError as exc:
         log.error("%s", exc)
         return 2
@@ -175,14 +222,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         sites = {name: (site.lat, site.lon) for name, site in loaded.config.sites.items()}
         default_id = f"{socket.gethostname()}/{listeners[0].host}:{listeners[0].port}" if listeners else None
-        node = Node(args.config, loaded, label=label,
-                    store=make_store(store_config, sites=sites, default_node_id=default_id))
+        node = Node(args.config, loaded, label=label,  # only the first process writes the state file
+                    store=make_store(store_config, sites=sites, default_node_id=default_id, persist=worker == 0))
         stop = asyncio.Event()
         install_signals(node, stop)
         if children:
             loop = asyncio.get_running_loop()
             loop.add_signal_handler(signal.SIGHUP, lambda: _forward(children, signal.SIGHUP, node))
-        await node.run(listeners, http, stop)
+        await node.run(listeners, http, stop, handover=handover)
 
     _use_uvloop()
     # Answers and checks allocate many short-lived objects: collect the young generation less
@@ -190,6 +237,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     gc.set_threshold(10_000, 20, 20)
     try:
         asyncio.run(run())
+    except GslbError as exc:
+        log.error("%s", exc)
+        return 2
     finally:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
@@ -207,6 +257,11 @@ def _forward(children: list[int], sig: signal.Signals, node: object) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
     asyncio.get_running_loop().create_task(node.reload())  # type: ignore[attr-defined]
+
+
+def _beside(config: Path, path: Path | None) -> Path | None:
+    """A path from the config file, relative to that file."""
+    return None if path is None else config.parent / path
 
 
 def _use_uvloop() -> None:

@@ -32,6 +32,7 @@ from gslb.config import (
 from gslb.endpoint import Endpoint, stable_seed
 from gslb.errors import FieldError, GslbError, format_path
 from gslb.geo import GeoDatabase
+from gslb.mesh import mesh_errors
 from gslb.names import is_subdomain, parent_names, qualify
 from gslb.policies import Policy, make_policy
 from healthmon import Monitor, make_monitor
@@ -372,6 +373,7 @@ def compile_config(
         if spec is not None:
             services[home][name] = spec
 
+    errors += mesh_errors(config)
     zones = {}
     for apex, zone in config.zones.items():
         tree, soa, negative_soa = trees[apex]

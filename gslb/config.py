@@ -100,12 +100,44 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------------- server
 
 
+PerSecond = Annotated[int, Field(ge=0, le=1_000_000)]
+
+
+class RrlConfig(Strict):
+    """Response rate limiting on UDP (BIND ``rate-limit``, NSD ``rrl-*``; see ``dnsserver.rrl``).
+    A rate of 0 leaves that kind of reply unlimited; unset kinds use ``responses_per_second``.
+
+        rrl: {responses_per_second: 20, slip: 2, exempt_clients: [192.0.2.0/24]}
+    """
+
+    responses_per_second: PerSecond = Field(20, description="answers per name and type to one client network")
+    nxdomains_per_second: PerSecond | None = Field(None, description="NXDOMAIN replies per zone")
+    nodata_per_second: PerSecond | None = Field(None, description="NODATA replies per zone")
+    referrals_per_second: PerSecond | None = Field(None, description="referrals per delegation")
+    errors_per_second: PerSecond | None = Field(None, description="REFUSED/FORMERR/SERVFAIL/NOTIMP, all together")
+    window: int = Field(15, ge=1, le=3600, description="seconds a limited network must slow down for")
+    slip: int = Field(2, ge=0, le=10, description="every Nth limited reply goes out as TC=1; 0: drop all")
+    ipv4_prefix_length: int = Field(24, ge=0, le=32, description="IPv4 clients are counted per this network")
+    ipv6_prefix_length: int = Field(56, ge=0, le=128, description="IPv6 clients are counted per this network")
+    exempt_clients: list[IpNetwork] = Field(default_factory=list, description="never limited")
+    log_only: bool = Field(False, description="count and log what would be limited, send everything")
+    max_table_size: int = Field(100_000, ge=100, le=10_000_000, description="accounts kept (oldest go first)")
+
+
 class DnsListenerConfig(Strict):
     listen: list[HostPort] = Field(default_factory=lambda: [("127.0.0.1", 5353)], min_length=1)
     edns_udp_size: int = Field(1232, ge=512, le=4096, description="largest UDP reply we send")
     tcp_idle_timeout: float = Field(10.0, gt=0, le=3600)
-    tcp_max_connections: int = Field(1024, ge=1, le=1_000_000)
+    tcp_max_connections: int = Field(1024, ge=1, le=1_000_000, description="at the cap, the least recently "
+                                     "active idle connection is closed to make room, else the newcomer is refused")
+    tcp_max_per_client: int = Field(32, ge=1, le=1_000_000,
+                                    description="connections one client (IPv4 address, IPv6 /64) may hold")
+    tcp_read_timeout: float = Field(5.0, gt=0, le=3600, description="a message must arrive whole within this "
+                                    "many seconds of its first byte (slowloris defence)")
+    tcp_write_timeout: float = Field(5.0, gt=0, le=3600, description="a client that stops reading its replies "
+                                     "is closed after this many seconds")
     workers: int = Field(1, ge=1, le=256, description="processes sharing the ports (SO_REUSEPORT)")
+    rrl: RrlConfig | None = Field(None, description="response rate limiting on UDP; off when absent")
 
 
 class HttpListenerConfig(Strict):
@@ -138,11 +170,16 @@ class StoreConfig(Strict):
     node_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="default: the host name")
     quorum: int | None = Field(None, ge=1, le=100, description="down votes needed; default: a majority")
     stale_after: float = Field(10.0, gt=0, le=3600, description="ignore a node's reports after this silence")
+    state_file: Path | None = Field(
+        None, description="memory store: keep drains, registrations and events here across restarts; "
+                          "relative to the config file")
 
     @model_validator(mode="after")
     def _where(self) -> StoreConfig:
         if self.type == "redis" and not self.url and self.sentinel is None:
             raise ValueError("a redis store needs 'url' or 'sentinel'")
+        if self.type == "redis" and self.state_file is not None:
+            raise ValueError("state_file is for the memory store; redis keeps its state across restarts")
         return self
 
 
@@ -151,6 +188,9 @@ class ServerConfig(Strict):
     http: HttpListenerConfig = Field(default_factory=lambda: HttpListenerConfig())
     probe_source: IpAddress | None = Field(
         None, description="local address this node's health checks come from (multi-homed hosts)")
+    handover_socket: Path | None = Field(
+        None, description="Unix socket through which a restarted node takes the listeners over (--takeover); "
+                          "relative to the config file")
 
 
 # --------------------------------------------------------------------------- zones
@@ -349,6 +389,74 @@ class GeoIpConfig(Strict):
     database: Path | None = Field(None, description="MaxMind City or Country .mmdb; relative to the config file")
 
 
+# --------------------------------------------------------------------------- mesh (cluster link)
+
+ClusterName = Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+
+
+class MeshTlsConfig(Strict):
+    cert: Path = Field(description="gateway certificate chain (PEM); relative to the config file")
+    key: Path = Field(description="its private key (PEM)")
+    ca: Path = Field(description="trust bundle: the mesh CA (PEM)")
+
+
+class ExportMonitorConfig(Strict):
+    interval: float = Field(2.0, gt=0, le=3600, description="seconds between TCP connect checks")
+    timeout: float = Field(1.0, gt=0, le=60)
+    rise: int = Field(2, ge=1, le=100)
+    fall: int = Field(2, ge=1, le=100)
+
+
+class ExportConfig(Strict):
+    """A local service other clusters may reach through this gateway (deny by default)."""
+
+    endpoints: list[HostPort] = Field(min_length=1, description="local addresses the service listens on")
+    to: list[Annotated[str, Field(pattern=r"^(\*|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)$")]] = Field(
+        min_length=1, description="clusters allowed to call it ('*' for every cluster of the mesh)")
+    monitor: ExportMonitorConfig = Field(default_factory=lambda: ExportMonitorConfig())
+    proxy_protocol: bool = Field(
+        False, description="send a PROXY v2 header with the caller's address and cluster identity")
+
+
+class ImportConfig(Strict):
+    """A remote service reachable here through a local listener."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    listen: HostPort = Field(description="local address clients connect to")
+    from_: list[ClusterName] | None = Field(
+        None, alias="from", description="clusters to use; default: every cluster exporting it to us")
+
+
+class ClusterConfig(Strict):
+    gateway: HostPort = Field(description="where peer gateways reach this cluster's gateway")
+    listen: HostPort | None = Field(None, description="address the gateway binds; default: 'gateway'")
+    site: str | None = Field(None, description="the GSLB site this cluster is")
+    networks: list[IpNetwork] = Field(default_factory=list, description="client addresses inside the cluster")
+    tls: MeshTlsConfig | None = Field(None, description="default: <certs_dir>/clusters/<name>/")
+    api: HostPort | None = Field(None, description="status and metrics over HTTP")
+    exports: dict[str, ExportConfig] = Field(default_factory=dict)
+    imports: dict[str, ImportConfig] = Field(default_factory=dict)
+    costs: dict[ClusterName, float] = Field(
+        default_factory=dict, description="extra cost in milliseconds added to a peer's measured RTT")
+
+
+class MeshDenyConfig(Strict):
+    identities: list[str] = Field(default_factory=list, description="SPIFFE ids whose links are cut")
+    serials: list[str] = Field(default_factory=list, description="certificate serials (hex) whose links are cut")
+
+
+class MeshConfig(Strict):
+    trust_domain: DomainName
+    certs_dir: Path = Field(Path("mesh-ca"), description="where 'gslb ca' wrote the files; relative to the config")
+    ping_interval: float = Field(1.0, ge=0.05, le=60, description="link probe period; dead after two")
+    switch_margin_ms: float = Field(
+        5.0, ge=0, le=10_000, description="hysteresis: a new route must be this much better to take over")
+    deny: MeshDenyConfig = Field(default_factory=lambda: MeshDenyConfig())
+    deny_file: Path | None = Field(None, description="YAML with 'identities' and 'serials', re-read when it changes")
+    clusters: dict[ClusterName, ClusterConfig] = Field(min_length=1)
+
+
 class GslbConfig(Strict):
     server: ServerConfig = Field(default_factory=lambda: ServerConfig())
     geoip: GeoIpConfig = Field(default_factory=lambda: GeoIpConfig())
@@ -358,6 +466,7 @@ class GslbConfig(Strict):
         default_factory=dict
     )
     services: dict[DomainName, ServiceConfig] = Field(default_factory=dict)
+    mesh: MeshConfig | None = None
 
 
 # --------------------------------------------------------------------------- loading

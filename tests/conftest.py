@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.mesh_pki import mesh_pki  # noqa: F401  (a fixture for the link tests)
 from tests.support.servers import ThreadedNode, threaded_node
 
 
