@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dnsserver.handler import QueryHandler
+from dnsserver.rrl import RateLimiter
 from dnsserver.tcp import TcpConnections, TcpProtocol
-from dnsserver.udp import UdpProtocol
+from dnsserver.udp import RateLimitedUdpProtocol, UdpProtocol
 from gslb.errors import GslbError
 
 log = logging.getLogger("gslb.dns")
 UDP_BUFFER = 4 * 1024 * 1024
+TCP_BACKLOG = 1024
 
 
 def format_address(host: str, port: int) -> str:
@@ -55,7 +59,7 @@ def bind_listener(host: str, port: int, *, reuse_port: bool = False, attempts: i
             udp.bind((host, port))
             bound = udp.getsockname()[1]
             tcp.bind((host, bound))
-            tcp.listen(1024)
+            tcp.listen(TCP_BACKLOG)
             udp.setblocking(False)
             tcp.setblocking(False)
             return ListenerSockets(host, bound, udp, tcp)
@@ -74,10 +78,15 @@ class DnsServer:
     listeners: list[ListenerSockets]
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 1024
+    tcp_max_per_client: int = 32
+    tcp_read_timeout: float = 5.0
+    tcp_write_timeout: float = 5.0
     label: str = ""
     _transports: list[asyncio.BaseTransport] = field(default_factory=list)
     _servers: list[asyncio.Server] = field(default_factory=list)
     connections: TcpConnections | None = None
+    rrl: RateLimiter | None = None
+    """Response rate limiting on UDP, shared by this process's sockets; None: off."""
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -86,16 +95,58 @@ class DnsServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.connections = TcpConnections(max_connections=self.tcp_max_connections,
-                                          idle_timeout=self.tcp_idle_timeout)
+                                          idle_timeout=self.tcp_idle_timeout,
+                                          max_per_client=self.tcp_max_per_client,
+                                          read_timeout=self.tcp_read_timeout, write_timeout=self.tcp_write_timeout)
         self.connections.start()
         conns = self.connections
+        rrl = self.rrl
+        udp: Callable[[], UdpProtocol]
+        if rrl is None:
+            udp = functools.partial(UdpProtocol, self.handler)
+        else:
+            udp = functools.partial(RateLimitedUdpProtocol, self.handler, rrl)
+            log.info("response rate limiting on UDP%s: %g answers/s per /%d or /%d network, window %d s, "
+                     "slip %d%s", self.label, rrl.rates[0], rrl.ipv4_prefix_length, rrl.ipv6_prefix_length,
+                     rrl.window, rrl.slip, ", log only" if rrl.log_only else "")
         for lst in self.listeners:
-            transport, _ = await loop.create_datagram_endpoint(lambda: UdpProtocol(self.handler), sock=lst.udp)
+            transport, _ = await loop.create_datagram_endpoint(udp, sock=lst.udp)
             self._transports.append(transport)
             log.info("listening dns/udp on %s%s", format_address(lst.host, lst.port), self.label)
-            server = await loop.create_server(lambda: TcpProtocol(self.handler, conns), sock=lst.tcp)
+            server = await loop.create_server(lambda: TcpProtocol(self.handler, conns), sock=lst.tcp,
+                                              backlog=TCP_BACKLOG)  # the default (100) would shrink it
             self._servers.append(server)
             log.info("listening dns/tcp on %s%s", format_address(lst.host, lst.port), self.label)
+
+    async def release(self, grace: float) -> tuple[int, int]:
+        """Give the sockets up to a successor that serves on the same ones: stop reading UDP (what
+        is queued is the successor's to read) and accepting TCP; each open connection finishes the
+        query it is reading, flushes its answers and closes. Connections still busy after
+        ``grace`` seconds are cut. Returns (closed after their answers, cut)."""
+        for transport in self._transports:
+            transport.close()
+        self._transports.clear()
+        for server in self._servers:
+            server.close()
+        conns = self.connections
+        if conns is None:
+            return 0, 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        finished = 0
+        while conns.open:
+            for conn in [c for c in conns.open if c.is_idle()]:  # between queries, all answered
+                conn.close("shutdown")  # flushes, then closes
+                finished += 1
+            if not conns.open or loop.time() >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        cut = list(conns.open)
+        for conn in cut:
+            conn.close("shutdown")
+            if conn.transport is not None:
+                conn.transport.abort()
+        return finished, len(cut)
 
     async def stop(self) -> None:
         for transport in self._transports:

@@ -43,14 +43,16 @@ class Labels:
 
 
 class Entry:
-    """An exact-cache value: the reply bytes after the ID, and how often they were sent."""
+    """An exact-cache value: the reply bytes after the ID, and how often they were sent.
+    ``rrl`` is the reply's rate-limiting account (kind, key), filled in on first use."""
 
-    __slots__ = ("hits", "labels", "tail")
+    __slots__ = ("hits", "labels", "rrl", "tail")
 
     def __init__(self, tail: bytes, labels: Labels) -> None:
         self.tail = tail
         self.hits = 0
         self.labels = labels
+        self.rrl: tuple[int, bytes] | None = None
 
 
 @dataclass

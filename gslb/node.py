@@ -12,6 +12,7 @@ import gc
 import hashlib
 import logging
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Hashable, Mapping
@@ -23,18 +24,22 @@ from typing import Any
 from aiohttp import web
 
 from dnsserver.handler import QueryHandler
+from dnsserver.rrl import RateLimiter
 from dnsserver.server import DnsServer, ListenerSockets, format_address
 from gslb.compile import CompiledConfig
 from gslb.config import LoadedConfig, load_config
 from gslb.endpoint import Endpoint
-from gslb.errors import ConfigError, StoreError
+from gslb.errors import ConfigError, GslbError, StoreError
+from gslb.handover import Handover, Offer
 from gslb.snapshot import HealthView, Snapshot, build_snapshot, registered_endpoint, same_answers
-from gslb.store import Drain, Overrides, StateStore, StoreEvent, make_store
+from gslb.store import Drain, MemoryStore, Overrides, StateStore, StoreEvent, make_store
 from healthmon.base import ProbeResult
 from healthmon.scheduler import CheckTarget, Scheduler
 from healthmon.tracker import Event, HealthTracker, TargetHealth
 
 log = logging.getLogger("gslb")
+FIRST_CHECKS_WAIT = 10.0
+"""A successor starts answering once its health checks have run (the old node answers meanwhile)."""
 
 
 class Node:
@@ -56,6 +61,9 @@ class Node:
         self.handler = QueryHandler(self.snapshot, udp_size=loaded.config.server.dns.edns_udp_size)
         self.dns: DnsServer | None = None
         self.http_address: tuple[str, int] | None = None
+        self.http_socket: socket.socket | None = None
+        self._site: web.BaseSite | None = None
+        self._stop: asyncio.Event | None = None
         self.reloads = 0
         self.started = time.time()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -306,10 +314,16 @@ class Node:
             self._request_rebuild()
         self._pending[target.key] = pending
 
-    async def run(self, listeners: list[ListenerSockets], http: tuple[str, int] | None,
-                  stop: asyncio.Event, *, monitors: bool = True) -> None:
+    async def run(self, listeners: list[ListenerSockets], http: tuple[str, int] | socket.socket | None,
+                  stop: asyncio.Event, *, monitors: bool = True, handover: Handover | None = None) -> None:
+        """Serve until ``stop``. ``http`` is an address to bind or a listening socket already
+        bound (handed over); with ``handover``, take over from the node it connected to and
+        then offer this node's sockets to the next one."""
         dns = self.loaded.config.server.dns
+        self._stop = stop
         async with AsyncExitStack() as stack:
+            if handover is not None and handover.taking_over and isinstance(self.store, MemoryStore):
+                self.store.hold_writes()  # the predecessor writes the state file until it goes
             await self.store.start()
             stack.push_async_callback(self.store.close)
             self.store.on_change(self._on_store_change)
@@ -322,30 +336,76 @@ class Node:
                 self._sync_checks()
                 self.rebuild()  # the targets' initial states (initial: down) apply from the start
                 await self.report_health()
+                if handover is not None and handover.taking_over:
+                    await self._first_checks(FIRST_CHECKS_WAIT)
             server = DnsServer(self.handler, listeners, tcp_idle_timeout=dns.tcp_idle_timeout,
-                               tcp_max_connections=dns.tcp_max_connections, label=self.label)
+                               tcp_max_connections=dns.tcp_max_connections,
+                               tcp_max_per_client=dns.tcp_max_per_client, tcp_read_timeout=dns.tcp_read_timeout,
+                               tcp_write_timeout=dns.tcp_write_timeout, label=self.label,
+                               rrl=RateLimiter(**dns.rrl.model_dump()) if dns.rrl is not None else None)
             await server.start()
             stack.push_async_callback(server.stop)
             self.dns = server
             if http is not None:
                 from gslb.api.app import make_app
 
+                self.http_socket = http if isinstance(http, socket.socket) else bind_http(*http)
                 runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=1.0)
                 await runner.setup()
                 stack.push_async_callback(runner.cleanup)
                 stack.callback(self._end_streams)
-                site = web.TCPSite(runner, http[0], http[1], ssl_context=self._http_tls())
-                await site.start()
-                sock = site._server.sockets[0]  # type: ignore[union-attr]
-                self.http_address = sock.getsockname()[:2]
+                self._site = web.SockSite(runner, self.http_socket, ssl_context=self._http_tls())
+            if handover is not None:
+                # Everything that can fail is done: tell the predecessor to go (its HTTP API
+                # stops there, ours starts below) and take its drains and registrations over.
+                state = await handover.confirm()
+                if isinstance(self.store, MemoryStore):
+                    self.store.adopt_state(state)
+            if self._site is not None and self.http_socket is not None:
+                await self._site.start()
+                self.http_address = self.http_socket.getsockname()[:2]
                 log.info("listening http on %s%s", format_address(*self.http_address), self.label)
+            if handover is not None:
+                handover.listen(self._offer, self._release, self._export)
+                stack.push_async_callback(handover.close)  # first thing at shutdown
             # Everything built so far (config, compiled zones, monitors) lives as long as the
             # process: keep it out of the collector's reach, so full collections stay short.
             gc.freeze()
             log.info("gslb node ready%s: %d zone(s), %d GSLB name(s)", self.label,
                      len(self.snapshot.zones), len(self.snapshot.services))
             await stop.wait()
-            log.info("shutting down%s", self.label)
+            log.info("shutting down%s%s", self.label, " (handed over)" if handover and handover.handed_over else "")
+
+    async def _first_checks(self, limit: float) -> None:
+        if not self.tracker.targets:
+            return
+        deadline = time.monotonic() + limit
+        while not self.first_verdicts_in() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        log.info("handover: %d health check(s) run%s; starting to answer", len(self.tracker.targets),
+                 "" if self.first_verdicts_in() else f" (not all within {limit:g} s)")
+
+    def _offer(self) -> Offer:
+        return Offer(self.dns.listeners if self.dns else [], self.http_socket)
+
+    def _export(self) -> Any:
+        """What a successor takes over with the sockets: the embedded store's state."""
+        return self.store.export_state() if isinstance(self.store, MemoryStore) else None
+
+    async def _release(self) -> None:
+        """A successor serves on this node's sockets: stop reading them, let the TCP
+        connections finish what they are answering, then stop."""
+        if isinstance(self.store, MemoryStore):
+            self.store.hold_writes()  # the state file is the successor's now
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+        if self.dns is not None:
+            finished, cut = await self.dns.release(self.loaded.config.server.dns.tcp_idle_timeout)
+            log.info("handover: stopped reading dns/udp and accepting dns/tcp and http; %d TCP connection(s) "
+                     "closed after their answers, %d cut at the deadline", finished, cut)
+        if self._stop is not None:
+            self._stop.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -357,6 +417,15 @@ class VotedHealth:
 
     def seconds_to_change(self) -> float | None:
         return self.local.seconds_to_change()
+
+
+def bind_http(host: str, port: int) -> socket.socket:
+    """The HTTP API's listening socket, bound here so that it can be handed over."""
+    try:
+        return socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET,
+                                    backlog=128)
+    except OSError as exc:
+        raise GslbError(f"cannot listen for HTTP on {format_address(host, port)}: {exc}") from None
 
 
 def _tls_context(cert: Path, key: Path) -> ssl.SSLContext:

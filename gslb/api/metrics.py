@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from dnsserver.stats import LATENCY_BUCKETS
+from dnsserver.tcp import CLOSE_REASONS as TCP_CLOSE_REASONS
 from healthmon.scheduler import CHECK_BUCKETS
 
 if TYPE_CHECKING:
@@ -53,10 +54,29 @@ class NodeCollector:
             ("gslb_config_reloads", "successful config reloads", node.reloads),
         ):
             yield CounterMetricFamily(name, doc, value=value)
+        conns = node.dns.connections if node.dns is not None else None
+        tcp_closed = CounterMetricFamily("gslb_dns_tcp_closed", "DNS TCP connections closed or refused, by reason",
+                                         labels=["reason"])
+        for reason in TCP_CLOSE_REASONS:
+            tcp_closed.add_metric([reason], conns.closed[reason] if conns is not None else 0)
+        yield tcp_closed
+        yield GaugeMetricFamily("gslb_dns_tcp_connections", "DNS TCP connections open",
+                                value=len(conns.open) if conns is not None else 0)
         yield _histogram("gslb_dns_resolve_seconds", "time to build an uncached reply", LATENCY_BUCKETS,
                          stats.latency_counts, stats.latency_sum)
         yield GaugeMetricFamily("gslb_snapshot_generation", "generation of the snapshot in use",
                                 value=node.snapshot.generation)
+        rrl = node.dns.rrl if node.dns is not None else None
+        if rrl is not None:
+            limited = CounterMetricFamily(
+                "gslb_dns_rrl_responses", "UDP replies response rate limiting held back (dropped, or slipped "
+                "as TC=1; would_* in log_only mode) or let through as exempt; also counted in gslb_dns_replies",
+                labels=["action", "kind"])
+            for (action, kind), n in rrl.counts().items():
+                limited.add_metric([action, kind], n)
+            yield limited
+            yield GaugeMetricFamily("gslb_dns_rrl_table_entries", "rate limiting accounts held",
+                                    value=rrl.table_size)
 
         up = GaugeMetricFamily("gslb_endpoint_up", "1 when the endpoint is in answers (usable)",
                                labels=["name", "endpoint", "site"])
