@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
@@ -13,3 +14,13 @@ def example_node() -> Iterator[ThreadedNode]:
     """The example config served on 127.0.0.1 and ::1, ephemeral ports."""
     with threaded_node(hosts=("127.0.0.1", "::1")) as node:
         yield node
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config,
+                                  item: pytest.Item) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]] | None:
+    """Tests marked ``both_loops`` run once on uvloop (what the CLI uses) and once on asyncio's loop."""
+    if item.get_closest_marker("both_loops") is None:
+        return None
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop, "asyncio": asyncio.new_event_loop}

@@ -9,7 +9,6 @@ import os
 from pathlib import Path
 
 import pytest
-import uvloop
 
 from clusterlink.frames import FrameType
 from clusterlink.identity import TlsFiles, client_context
@@ -25,12 +24,9 @@ from tests.support.mesh import (
 )
 from tests.support.mesh_pki import MeshPki
 
-
-@pytest.fixture(scope="module", params=["uvloop", "asyncio"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    """Gateways run on uvloop in production (``gslb link``) and must also work on asyncio's
-    own loop: every test here runs on both."""
-    return uvloop.EventLoopPolicy() if request.param == "uvloop" else asyncio.DefaultEventLoopPolicy()
+pytestmark = pytest.mark.both_loops
+"""Gateways run on uvloop in production (``gslb link``) and must also work on asyncio's own
+loop: every async test here runs on both (see tests/conftest.py)."""
 
 
 @pytest.fixture
@@ -361,3 +357,114 @@ async def test_gateway_killed_and_back(tmp_path: Path, mesh_pki: MeshPki, echo: 
         async with gateways(config, "east"):
             await wait_routed(west, "echo", "east", timeout=10)
             assert await call(west.listen_addresses["echo"], b"two") == b"two"
+
+
+async def test_proxy_protocol_carries_the_caller(tmp_path: Path, mesh_pki: MeshPki) -> None:
+    """With proxy_protocol on, the exported service first reads a PROXY v2 header naming the
+    original client address and the calling cluster's SPIFFE identity."""
+    from clusterlink.proxyproto import SIGNATURE, TLV_SPIFFE
+
+    headers: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readexactly(16)
+        body = await reader.readexactly(int.from_bytes(head[14:16], "big"))
+        headers.append(head + body)
+        writer.write(await reader.read())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = write_mesh_config(tmp_path / "mesh.yaml", mesh_pki, {
+        "west": {"imports": {"pp": {"listen": "127.0.0.1:0"}}},
+        "east": {"exports": {"pp": {"endpoints": [f"127.0.0.1:{port}"], "to": ["west"], "proxy_protocol": True}}},
+    })
+    try:
+        async with gateways(config, "east", "west") as gw:
+            await wait_routed(gw["west"], "pp", "east")
+            reader, writer = await asyncio.open_connection(*gw["west"].listen_addresses["pp"])
+            client_port = writer.get_extra_info("sockname")[1]
+            writer.write(b"payload")
+            writer.write_eof()
+            assert await reader.read() == b"payload"
+            writer.close()
+    finally:
+        server.close()
+    (header,) = headers
+    assert header.startswith(SIGNATURE) and header[12] == 0x21 and header[13] == 0x11
+    assert header[16:20] == bytes([127, 0, 0, 1])
+    assert int.from_bytes(header[24:26], "big") == client_port
+    assert int.from_bytes(header[26:28], "big") == port
+    tlv = header[28:]
+    assert tlv[0] == TLV_SPIFFE and tlv[3:] == b"spiffe://mesh.test/cluster/west"
+
+
+def test_gslb_ca_and_link_processes(tmp_path: Path) -> None:
+    """The commands an operator runs: `gslb ca init/issue`, then `gslb link` per cluster, with
+    the certificates at their default place; status and metrics over HTTP; SIGTERM exits 0."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.support.mesh import free_port
+
+    def gslb(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gslb.cli", *args], capture_output=True, text=True,
+                              timeout=60, cwd=tmp_path)
+
+    assert gslb("ca", "init", "--dir", "mesh-ca", "--trust-domain", "mesh.test").returncode == 0
+    for name in ("east", "west"):
+        done = gslb("ca", "issue", "--dir", "mesh-ca", "--cluster", name)
+        assert done.returncode == 0, done.stderr
+    backend_sock = __import__("socket").create_server(("127.0.0.1", 0))
+    backend_port = backend_sock.getsockname()[1]
+    ports = {k: free_port("127.0.0.1") for k in ("east", "west", "east_api", "west_api", "svc")}
+    (tmp_path / "mesh.yaml").write_text(f"""
+zones:
+  gslb.test: {{nameservers: [{{name: ns1.gslb.test, addresses: [127.0.0.1]}}]}}
+mesh:
+  trust_domain: mesh.test
+  ping_interval: 0.2
+  clusters:
+    east:
+      gateway: 127.0.0.1:{ports['east']}
+      api: 127.0.0.1:{ports['east_api']}
+      exports: {{svc: {{endpoints: ["127.0.0.1:{backend_port}"], to: [west]}}}}
+    west:
+      gateway: 127.0.0.1:{ports['west']}
+      api: 127.0.0.1:{ports['west_api']}
+      imports: {{svc: {{listen: "127.0.0.1:{ports['svc']}"}}}}
+""")
+    assert gslb("check", "-c", "mesh.yaml").returncode == 0
+    procs = [subprocess.Popen([sys.executable, "-m", "gslb.cli", "link", "-c", "mesh.yaml", "--cluster", name],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for name in ("east", "west")]
+    try:
+        deadline = time.monotonic() + 20
+        status: dict[str, object] = {}
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ports['west_api']}/api/v1/status", timeout=1) as r:
+                    status = json.load(r)
+                if status.get("routes") == {"svc": "east"}:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        assert status.get("routes") == {"svc": "east"}, status
+        links = status["links"]
+        assert isinstance(links, list) and links[0]["peer"] == "east" and links[0]["state"] == "up"
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['east_api']}/metrics", timeout=2) as r:
+            metrics = r.read().decode()
+        assert 'gslb_link_up{direction="in",peer="west"} 1.0' in metrics
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        outputs = [proc.communicate(timeout=15)[0] for proc in procs]
+        backend_sock.close()
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert "gateway ready" in outputs[1] and "import svc on 127.0.0.1" in outputs[1]
