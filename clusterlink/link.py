@@ -174,6 +174,26 @@ class Link(asyncio.Protocol):
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)  # type: ignore[union-attr]
 
+    def write_data(self, sid: int, data: bytes) -> None:
+        """A DATA frame. Large payloads go to TLS beside their header (``writelines``), never
+        copied into a joined buffer first."""
+        if self.closed:
+            return
+        n = len(data)
+        self.stats.bytes_out += n + HEADER_SIZE
+        header = pack_header(FrameType.DATA, sid, n)
+        if n < SMALL_WRITE:
+            self._pending.append(header + data)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)  # type: ignore[union-attr]
+            return
+        pending = self._pending
+        self._pending = []
+        pending.append(header)
+        pending.append(data)
+        self.transport.writelines(pending)  # type: ignore[union-attr]
+
     def _flush(self) -> None:
         self._flush_scheduled = False
         if self._pending and not self.closed:
@@ -399,7 +419,7 @@ class Stream(asyncio.Protocol):
         self.bytes_up += n
         if not self._out and n <= self.send_window:
             self.send_window -= n
-            link.write(pack_header(FrameType.DATA, self.sid, n) + data)
+            link.write_data(self.sid, data)
             return
         self._out.append(data)
         self._drain_out()
@@ -475,7 +495,7 @@ class Stream(asyncio.Protocol):
             else:
                 part, self._out[0] = head[:self.send_window], head[self.send_window:]
             self.send_window -= len(part)
-            link.write(pack_header(FrameType.DATA, self.sid, len(part)) + part)
+            link.write_data(self.sid, part)
 
     def remote_fin(self) -> None:
         self._fin_received = True

@@ -443,7 +443,8 @@ class ClusterConfig(Strict):
 
 class MeshDenyConfig(Strict):
     identities: list[str] = Field(default_factory=list, description="SPIFFE ids whose links are cut")
-    serials: list[str] = Field(default_factory=list, description="certificate serials (hex) whose links are cut")
+    serials: list[Annotated[str, Field(pattern=r"^(0x)?[0-9A-Fa-f]{1,2}(:?[0-9A-Fa-f]{1,2})*$")]] = Field(
+        default_factory=list, description="certificate serials (hex, colons allowed) whose links are cut")
 
 
 class MeshConfig(Strict):
