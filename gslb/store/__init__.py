@@ -19,11 +19,12 @@ if TYPE_CHECKING:
 
 
 def make_store(config: StoreConfig, *, sites: Mapping[str, tuple[float, float]] | None = None,
-               default_node_id: str | None = None) -> StateStore:
+               default_node_id: str | None = None, persist: bool = True) -> StateStore:
     """The store the config asks for (Redis is imported only when used). A node's id names
-    its vantage point: the config's ``node_id``, else ``default_node_id``, else the host name."""
+    its vantage point: the config's ``node_id``, else ``default_node_id``, else the host name.
+    ``persist=False``: read the memory store's state file but leave writing it to another process."""
     if config.type == "memory":
-        return MemoryStore()
+        return MemoryStore(state_file=config.state_file, persist=persist)
     from gslb.store.redis import RedisStore
 
     sentinel = config.sentinel
