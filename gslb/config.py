@@ -7,9 +7,11 @@ CNAME conflicts, out-of-zone names, unknown sites) live in ``gslb.compile``.
 
 from __future__ import annotations
 
+import errno
 import functools
 import ipaddress
 import operator
+import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from pathlib import Path
@@ -426,6 +428,17 @@ class ImportConfig(Strict):
     listen: HostPort = Field(description="local address clients connect to")
     from_: list[ClusterName] | None = Field(
         None, alias="from", description="clusters to use; default: every cluster exporting it to us")
+    advertise: IpAddress | None = Field(
+        None, description="address clients in the cluster use for the listener (mesh-aware names answer it); "
+                          "default: the listen host, unless that is a wildcard")
+
+    def advertised(self) -> IPv4Address | IPv6Address | None:
+        """The address DNS answers for this listener; None when ``listen`` is a wildcard (or
+        has a zone id) and no ``advertise`` is given. Only mesh-aware names need one."""
+        if self.advertise is not None:
+            return self.advertise
+        host = ipaddress.ip_address(self.listen[0])
+        return None if host.is_unspecified or getattr(host, "scope_id", None) else host
 
 
 class ClusterConfig(Strict):
@@ -600,10 +613,28 @@ def load_config_text(text: str, source: str = "<config>", *, serial: int | None 
     return LoadedConfig(source, config, compiled)
 
 
-def load_config(path: str | Path, *, serial: int | None = None) -> LoadedConfig:
+def read_settled(path: Path, settle: float, attempts: int = 20) -> str:
+    """The file's text once it has stopped changing: read, wait ``settle`` seconds, and
+    check size and modification time did not move. An editor or deploy tool still writing
+    the file must not get a half-written config swapped in (writers should rename a complete
+    file into place; this catches the ones that don't)."""
+    for _ in range(attempts):
+        before = path.stat()
+        data = path.read_bytes()
+        time.sleep(settle)
+        after = path.stat()
+        if before.st_mtime_ns == after.st_mtime_ns and before.st_size == after.st_size == len(data):
+            return data.decode("utf-8")
+    raise OSError(errno.EBUSY, f"the file kept changing for {attempts * settle:.1f}s (still being written?)")
+
+
+def load_config(path: str | Path, *, serial: int | None = None, settle: float = 0.0) -> LoadedConfig:
+    """``settle`` > 0 (reloads): wait for the file to stop changing before reading it."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_settled(path, settle) if settle > 0 else path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [FieldError((), f"cannot read config: not UTF-8 ({exc.reason})")]) from None
     except OSError as exc:
         raise ConfigError(str(path), [FieldError((), f"cannot read config: {exc.strerror}")]) from None
     return load_config_text(text, str(path), serial=serial, base_dir=path.parent)

@@ -19,6 +19,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from tests.support.dnswire import query_a
 from tests.support.servers import EXAMPLE, ROOT, NodeProcess, node_process
 
 BASE = EXAMPLE.read_text()
@@ -72,12 +73,6 @@ def line_of(text: str, needle: str) -> int:
 def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gslb.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=timeout)
-
-
-def query_a(host: str, port: int, name: str, timeout: float = 2.0) -> tuple[int, tuple[str, ...]]:
-    response = dns.query.udp(dns.message.make_query(name, "A"), host, port=port, timeout=timeout)
-    addrs = sorted(rd.address for rrset in response.answer if rrset.rdtype == dns.rdatatype.A for rd in rrset)
-    return response.rcode(), tuple(addrs)
 
 
 def poll_answer(host: str, port: int, name: str, want: tuple[str, ...], attempts: int = 100,

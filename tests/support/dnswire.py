@@ -1,9 +1,21 @@
-"""DNS over TCP framing for tests that speak raw bytes (RFC 7766: 2-byte length prefix)."""
+"""DNS helpers for tests: TCP framing for raw bytes (RFC 7766: 2-byte length prefix) and a
+plain A query over UDP."""
 
 from __future__ import annotations
 
 import socket
 import struct
+
+import dns.message
+import dns.query
+import dns.rdatatype
+
+
+def query_a(host: str, port: int, name: str, timeout: float = 2.0) -> tuple[int, tuple[str, ...]]:
+    """(rcode, sorted A addresses) of one UDP query."""
+    response = dns.query.udp(dns.message.make_query(name, "A"), host, port=port, timeout=timeout)
+    addrs = sorted(rd.address for rrset in response.answer if rrset.rdtype == dns.rdatatype.A for rd in rrset)
+    return response.rcode(), tuple(addrs)
 
 
 def frame(wire: bytes) -> bytes:
