@@ -31,6 +31,7 @@ from gslb.config import LoadedConfig, load_config
 from gslb.endpoint import Endpoint
 from gslb.errors import ConfigError, GslbError, StoreError
 from gslb.handover import Handover, Offer
+from gslb.meshstatus import MeshPoller
 from gslb.snapshot import HealthView, Snapshot, build_snapshot, registered_endpoint, same_answers
 from gslb.store import Drain, MemoryStore, Overrides, StateStore, StoreEvent, make_store
 from healthmon.base import ProbeResult
@@ -38,6 +39,8 @@ from healthmon.scheduler import CheckTarget, Scheduler
 from healthmon.tracker import Event, HealthTracker, TargetHealth
 
 log = logging.getLogger("gslb")
+RELOAD_SETTLE = 0.05
+"""Seconds a reloaded config file must stay unchanged before it is read (see read_settled)."""
 FIRST_CHECKS_WAIT = 10.0
 """A successor starts answering once its health checks have run (the old node answers meanwhile)."""
 
@@ -71,6 +74,7 @@ class Node:
         self._refreshing: set[str] = set()
         self._synced_at = time.monotonic()
         self._dirty: set[str] = set()
+        self.mesh: MeshPoller | None = None
 
     def status(self) -> dict[str, Any]:
         serials = {apex: zone.soa.rrs[0].rdata.times[0] for apex, zone in self.snapshot.zones.items()}
@@ -155,7 +159,8 @@ class Node:
         """Load the config file again; a bad one is logged and the old one keeps serving."""
         loop = asyncio.get_running_loop()
         try:
-            loaded = await loop.run_in_executor(None, lambda: load_config(self.path, serial=self._serial()))
+            loaded = await loop.run_in_executor(
+                None, lambda: load_config(self.path, serial=self._serial(), settle=RELOAD_SETTLE))
         except ConfigError as exc:
             log.error("config reload rejected; still serving the previous config%s\n%s", self.label, exc)
             return [str(e) for e in exc.errors]
@@ -346,6 +351,8 @@ class Node:
             await server.start()
             stack.push_async_callback(server.stop)
             self.dns = server
+            if self.loaded.config.mesh is not None:  # cluster-link state for the API and the map
+                self.mesh = await stack.enter_async_context(MeshPoller(lambda: self.loaded.config.mesh))
             if http is not None:
                 from gslb.api.app import make_app
 

@@ -289,6 +289,16 @@ async def get_traffic(request: web.Request) -> web.Response:
         {"name": name, "site": site, "count": count} for (name, site), count in sorted(stats.answers.items())]})
 
 
+@read
+async def get_mesh(request: web.Request) -> web.Response:
+    """Cluster links as the gateways last reported them (``gslb.meshstatus``)."""
+    from gslb.meshstatus import mesh_view
+
+    node = request.app[NODE]
+    view = node.mesh.view() if node.mesh is not None else mesh_view(node.loaded.config.mesh, {}, 0.0)
+    return web.json_response(view)
+
+
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
@@ -325,6 +335,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/api/v1/sites", list_sites)
     app.router.add_get("/api/v1/traffic", get_traffic)
+    app.router.add_get("/api/v1/mesh", get_mesh)
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC, show_index=False)
     app.router.add_get("/api/v1/openapi.json", get_openapi)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from itertools import accumulate
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -114,6 +114,32 @@ class NodeCollector:
         yield store
         yield GaugeMetricFamily("gslb_store_sync_age_seconds", "seconds since overrides were last read from the store",
                                 value=node.sync_age())
+        if node.mesh is not None:
+            yield from _mesh(node.mesh.view())
+
+
+def _mesh(view: dict[str, Any]) -> Iterator[Metric]:
+    """Cluster links from ``gslb.meshstatus``; what no gateway could tell (unknown) is left out."""
+    up = GaugeMetricFamily("gslb_mesh_link_up", "1 when the cluster link is up (draining included), as its "
+                           "gateways last reported", labels=["from", "to"])
+    rtt = GaugeMetricFamily("gslb_mesh_link_rtt_seconds", "median ping round trip of the cluster link",
+                            labels=["from", "to"])
+    for link in view["links"]:
+        key = [link["from"], link["to"]]
+        if link["state"] != "unknown":
+            up.add_metric(key, 1.0 if link["state"] in ("up", "draining") else 0.0)
+        if link["rtt_ms"] is not None:
+            rtt.add_metric(key, link["rtt_ms"] / 1000)
+    reachable = GaugeMetricFamily("gslb_mesh_gateway_reachable", "1 when the cluster gateway's status API "
+                                  "answered the last poll (clusters with an api address)", labels=["cluster"])
+    age = GaugeMetricFamily("gslb_mesh_gateway_status_age_seconds", "seconds since the cluster gateway last "
+                            "answered", labels=["cluster"])
+    for cluster in view["clusters"]:
+        if cluster["api"] is not None:
+            reachable.add_metric([cluster["name"]], 1.0 if cluster["reachable"] else 0.0)
+        if cluster["age"] is not None:
+            age.add_metric([cluster["name"]], cluster["age"])
+    yield from (up, rtt, reachable, age)
 
 
 def render(node: Node) -> bytes:

@@ -180,6 +180,58 @@ def _response_schemas() -> dict[str, Schema]:
         "at": TIMESTAMP,
         "answers": array(obj({"name": STRING, "site": STRING, "count": {"type": "integer", "minimum": 0}})),
     }, description="GSLB answers sent, by name and site")
+    count: Schema = {"type": "integer", "minimum": 0}
+    mesh_cluster = obj({
+        "name": STRING,
+        "site": nullable(STRING),
+        "api": {**nullable(STRING), "description": "the gateway's status API (host:port), if configured"},
+        "state": {"type": "string", "enum": ["reachable", "unreachable", "unknown"],
+                  "description": "of the last poll; unknown: no api configured, or not polled yet"},
+        "reachable": BOOLEAN,
+        "error": {**nullable(STRING), "description": "why the last poll failed"},
+        "age": {**nullable({"type": "number", "minimum": 0}),
+                "description": "seconds since the gateway last answered"},
+        "handshake_failures": count,
+        "identity_failures": count,
+    }, description="a cluster of the mesh and how its gateway's status API answers the node")
+    mesh_link = obj({
+        "from": {"type": "string", "description": "the dialing cluster"},
+        "to": {"type": "string", "description": "the accepting cluster"},
+        "from_site": nullable(STRING),
+        "to_site": nullable(STRING),
+        "state": {"type": "string", "enum": ["up", "draining", "down", "unknown"],
+                  "description": "unknown: neither gateway could be read"},
+        "rtt_ms": {**nullable({"type": "number", "minimum": 0}), "description": "median ping round trip"},
+        "streams": count,
+        "bytes_sent": {**nullable(count), "description": "by 'from' on this link"},
+        "bytes_received": {**nullable(count), "description": "by 'from' on this link"},
+        "reported_by": {**nullable(STRING), "description": "the gateway whose status this is"},
+        "error": {**nullable(STRING), "description": "the dialer's last failure while the link is down"},
+    }, description="a cluster link, as its dialer reports it (the acceptor while the dialer cannot be read)")
+    mesh_route = obj({
+        "cluster": {"type": "string", "description": "the importing cluster"},
+        "site": nullable(STRING),
+        "service": STRING,
+        "sources": {**array(STRING), "description": "clusters allowed to serve it"},
+        "served_by": nullable(STRING),
+        "state": {"type": "string", "enum": ["routed", "no-route", "unknown"]},
+    }, description="which cluster serves an imported service now")
+    mesh_export = obj({
+        "cluster": STRING,
+        "site": nullable(STRING),
+        "service": STRING,
+        "to": array(STRING),
+        "endpoints": count,
+        "healthy": nullable(count),
+        "state": {"type": "string", "enum": ["healthy", "degraded", "down", "unknown"]},
+    }, description="a service a cluster exports and how many of its local endpoints are healthy")
+    mesh = obj({
+        "configured": {"type": "boolean", "description": "the config has a mesh section"},
+        "clusters": array(ref("MeshCluster")),
+        "links": array(ref("MeshLink")),
+        "routes": array(ref("MeshRoute")),
+        "exports": array(ref("MeshExport")),
+    }, description="the cluster-link mesh as its gateways' status APIs last reported it")
     field_error = obj({"field": {"type": "string", "description": "dotted path, or <body>"}, "message": STRING})
     error = obj({"error": STRING}, {
         "fields": {**array(ref("FieldError")), "description": "the body's invalid fields (400)"},
@@ -189,7 +241,8 @@ def _response_schemas() -> dict[str, Schema]:
         "Drain": drain, "Registration": registration, "Event": event, "ProbeResult": probe_result,
         "EndpointHealth": health, "Endpoint": endpoint, "Service": service, "HealthSummary": health_summary,
         "StoreStatus": store, "Status": status, "Explanation": explanation, "Site": site, "Traffic": traffic,
-        "FieldError": field_error, "Error": error,
+        "MeshCluster": mesh_cluster, "MeshLink": mesh_link, "MeshRoute": mesh_route, "MeshExport": mesh_export,
+        "Mesh": mesh, "FieldError": field_error, "Error": error,
     }
 
 
@@ -295,6 +348,9 @@ def _paths(drain_body: Schema, registration_body: Schema) -> dict[str, Schema]:
         })},
         "/api/v1/traffic": {"get": read_op("getTraffic", "answers sent so far, by name and site", {
             "200": json_response("the counters", ref("Traffic")),
+        })},
+        "/api/v1/mesh": {"get": read_op("getMesh", "cluster links, routes and exports, from the gateways", {
+            "200": json_response("the mesh (configured false and empty lists without a mesh section)", ref("Mesh")),
         })},
         "/api/v1/events": {"get": read_op("listEvents", "the latest events, oldest first", {
             "200": json_response("the events", obj({"events": array(ref("Event"))})),

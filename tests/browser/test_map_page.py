@@ -7,6 +7,12 @@ port, probed by the node's real HTTP monitor. The test drives the page through S
 the first render, a backend stopping (seen live, without a reload), a drain from the
 detail panel, and no errors in the browser console. Screenshots go to ``test-output/``.
 
+A second node has a cluster-link mesh instead of GSLB names: clusters west (site eu-west)
+and east (site us-east), whose gateways and status APIs run on a loop in a thread of this
+process (certificates from the session's mesh PKI). The page draws the west -> east link
+between the two sites, up with its RTT, lists the route of the imported service, and
+shows the link down once east's gateway stops.
+
 Every wait is bounded (WebDriverWait); the page is read through one script call per poll,
 so re-renders (every 2 s, and on each server-sent event) cannot leave stale elements.
 """
@@ -30,12 +36,18 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
+import yaml
+from aiohttp import web
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from clusterlink.api import start_api
+from clusterlink.gateway import Gateway
+from tests.support.mesh import free_port, start_gateway, write_mesh_config
+from tests.support.mesh_pki import MeshPki
 from tests.support.servers import ROOT, ThreadedNode, require_binary, threaded_node
 
 NAME = "app.map.test"
@@ -165,13 +177,19 @@ def config_yaml(port: int) -> str:
     )
 
 
-@pytest.fixture
-def node(backends: Backends) -> Iterator[ThreadedNode]:
-    with threaded_node(config_yaml(backends.port), http=True) as handle:
+@contextlib.contextmanager
+def http_node(config: str | Path) -> Iterator[ThreadedNode]:
+    with threaded_node(config, http=True) as handle:
         deadline = time.monotonic() + WAIT
         while handle.node.http_address is None:
             assert time.monotonic() < deadline, "the node's HTTP API did not start"
             time.sleep(0.02)
+        yield handle
+
+
+@pytest.fixture
+def node(backends: Backends) -> Iterator[ThreadedNode]:
+    with http_node(config_yaml(backends.port)) as handle:
         yield handle
 
 
@@ -192,9 +210,9 @@ def ask(node: ThreadedNode, subnet: str) -> list[str]:
 # --------------------------------------------------------------------------- the browser
 
 
-@pytest.fixture
-def browser(node: ThreadedNode) -> Iterator[webdriver.Chrome]:
-    """Headless Chromium; depends on ``node`` so it quits before the node stops."""
+@contextlib.contextmanager
+def chromium() -> Iterator[webdriver.Chrome]:
+    """Headless Chromium with the browser console log kept."""
     chromium = require_binary("chromium")
     chromedriver = require_binary("chromedriver")
     profile = tempfile.mkdtemp(prefix="gslb-chromium-")
@@ -214,6 +232,13 @@ def browser(node: ThreadedNode) -> Iterator[webdriver.Chrome]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+@pytest.fixture
+def browser(node: ThreadedNode) -> Iterator[webdriver.Chrome]:
+    """Depends on ``node`` so it quits before the node stops."""
+    with chromium() as driver:
+        yield driver
+
+
 # One read of everything the test looks at.
 PAGE_STATE = """
 const q = (s) => [...document.querySelectorAll(s)];
@@ -228,6 +253,12 @@ return {
   status: document.getElementById("status").textContent,
   detail: detail.style.display === "block" ? detail.querySelector("h2").textContent : null,
   button: btn ? btn.textContent : null,
+  mesh_hidden: document.getElementById("mesh").hidden,
+  links: q("#links g.mlink").map((g) => ({from: g.dataset.from, to: g.dataset.to, state: g.dataset.state,
+    sites: [g.dataset.fromSite, g.dataset.toSite], label: g.querySelector("text").textContent.trim(),
+    title: g.querySelector("title").textContent})),
+  routes: q("tr.mroute").map((r) => [r.dataset.cluster, r.dataset.service, r.dataset.servedBy]),
+  gateways: Object.fromEntries(q("tr.mcluster").map((r) => [r.dataset.cluster, r.dataset.state])),
 };
 """
 
@@ -297,6 +328,7 @@ def test_map_shows_sites_failover_and_drain(backends: Backends, node: ThreadedNo
     state = wait_page(browser, lambda s: all_up(s) and all("%" in label for label in s["labels"])
                       and any("%" in text for text in s["shares"]), "traffic shares shown")
     assert sorted(label.split()[0] for label in state["labels"]) == sorted(SITES)
+    assert state["mesh_hidden"] is True and state["links"] == []  # no mesh section in this config
     screenshot(browser, "map-initial.png")
 
     # 2. eu-west's backend stops: the open page follows (server-sent events / polling)
@@ -325,5 +357,129 @@ def test_map_shows_sites_failover_and_drain(backends: Backends, node: ThreadedNo
 
     # 4. nothing went wrong in the page
     errors = [entry for entry in browser.get_log("browser")
+              if entry["level"] in ("SEVERE", "ERROR") and "favicon.ico" not in entry["message"]]
+    assert errors == [], f"errors in the browser console: {errors}"
+
+
+# --------------------------------------------------------------------------- the mesh
+
+
+class MeshGateways:
+    """Cluster-link gateways with their status APIs, on a loop in its own thread."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="mesh-gateways", daemon=True)
+        self.thread.start()
+        self.running: dict[str, tuple[Gateway, web.AppRunner]] = {}
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(WAIT)
+
+    async def _start(self, cluster: str) -> None:
+        gateway = await start_gateway(self.config, cluster)
+        address = gateway.plan.cluster.api
+        assert address is not None
+        runner, _ = await start_api(gateway, address)
+        self.running[cluster] = (gateway, runner)
+
+    async def _stop(self, cluster: str) -> None:
+        gateway, runner = self.running.pop(cluster)
+        await runner.cleanup()
+        await gateway.stop()
+
+    def start(self, cluster: str) -> None:
+        self._call(self._start(cluster))
+
+    def stop(self, cluster: str) -> None:
+        self._call(self._stop(cluster))
+
+    def close(self) -> None:
+        for cluster in list(self.running):
+            with contextlib.suppress(Exception):
+                self.stop(cluster)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def mesh_config(path: Path, pki: MeshPki, export: str) -> Path:
+    """West imports echo from east, which exports ``export``; each gateway has a status API.
+    Sites and the node's HTTP API are added to the same file, which node and gateways load."""
+    write_mesh_config(path, pki, {
+        "west": {"site": "eu-west", "api": f"127.0.0.11:{free_port('127.0.0.11')}",
+                 "imports": {"echo": {"listen": "127.0.0.1:0"}}},
+        "east": {"site": "us-east", "api": f"127.0.0.12:{free_port('127.0.0.12')}",
+                 "exports": {"echo": {"endpoints": [export], "to": ["west"]}}},
+    })
+    data = yaml.safe_load(path.read_text())
+    data["sites"] = {site: {"lat": lat, "lon": lon, "country": cc, "continent": cont}
+                     for site, (lat, lon, cc, cont, _) in SITES.items()}
+    data["server"] = {"http": {"listen": "127.0.0.1:0"}}
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def mesh_node(tmp_path: Path, mesh_pki: MeshPki, backends: Backends) -> Iterator[tuple[ThreadedNode, MeshGateways]]:
+    """A node whose config has a mesh, and both gateways running (east exports the us-east backend)."""
+    config = mesh_config(tmp_path / "mesh.yaml", mesh_pki, f"{SITES['us-east'][4]}:{backends.port}")
+    gateways = MeshGateways(config)
+    try:
+        gateways.start("east")
+        gateways.start("west")
+        with http_node(config) as handle:
+            yield handle, gateways
+    finally:
+        gateways.close()
+
+
+@pytest.fixture
+def mesh_browser(mesh_node: tuple[ThreadedNode, MeshGateways]) -> Iterator[webdriver.Chrome]:
+    with chromium() as driver:
+        yield driver
+
+
+def west_east(state: dict[str, Any]) -> dict[str, Any] | None:
+    return next((link for link in state["links"] if (link["from"], link["to"]) == ("west", "east")), None)
+
+
+def test_map_shows_cluster_links(mesh_node: tuple[ThreadedNode, MeshGateways],
+                                 mesh_browser: webdriver.Chrome) -> None:
+    node, gateways = mesh_node
+    mesh_browser.get(base_url(node) + "/")
+
+    # 1. the link between the two sites, up, with its RTT; the route of echo in the panel
+    def linked(s: dict[str, Any]) -> bool:
+        link = west_east(s)
+        return (link is not None and link["state"] == "up" and link["label"].endswith(" ms")
+                and ["west", "echo", "east"] in s["routes"])
+
+    state = wait_page(mesh_browser, linked, "the west -> east link up with its RTT, echo served by east")
+    assert state["mesh_hidden"] is False
+    link = west_east(state)
+    assert link is not None and link["sites"] == ["eu-west", "us-east"]
+    assert len(state["links"]) == 1
+    assert link["title"].startswith("west → east: up · RTT ") and "as west reports" in link["title"], link
+    assert state["gateways"] == {"west": "reachable", "east": "reachable"}
+    assert "mesh 1/1 links up" in state["status"]
+    screenshot(mesh_browser, "map-mesh-up.png")
+
+    # 2. east's gateway stops: the open page shows the link down (west's dialer says so)
+    gateways.stop("east")
+
+    def down(s: dict[str, Any]) -> bool:
+        link = west_east(s)
+        return (link is None or link["state"] in ("down", "unknown")) and s["gateways"].get("east") == "unreachable"
+
+    state = wait_page(mesh_browser, down, "the west -> east link down, east's gateway unreachable")
+    link = west_east(state)
+    assert link is not None and link["state"] == "down" and link["label"] == "down", link
+    assert ["west", "echo", ""] in state["routes"]
+    assert "mesh 0/1 links up" in state["status"]
+    screenshot(mesh_browser, "map-mesh-down.png")
+
+    errors = [entry for entry in mesh_browser.get_log("browser")
               if entry["level"] in ("SEVERE", "ERROR") and "favicon.ico" not in entry["message"]]
     assert errors == [], f"errors in the browser console: {errors}"
