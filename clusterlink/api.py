@@ -111,6 +111,35 @@ async def _status(request: web.Request) -> web.Response:
     return web.json_response(status_json(request.app[GATEWAY_KEY]))
 
 
+def route_json(gateway: Gateway, service: str) -> tuple[int, dict[str, Any]]:
+    """Whether this gateway can carry ``service`` now (GSLB nodes check this for mesh-aware
+    names): 200 with the serving cluster, 503 with why not, 404 when it is not imported here."""
+    plan = next((imp for imp in gateway.plan.imports if imp.service == service), None)
+    if plan is None:
+        return 404, {"service": service, "error": f"cluster {gateway.name} does not import {service}"}
+    link = gateway.route(plan)
+    if link is not None and link.peer is not None:
+        rtt = link.rtt_median
+        return 200, {"service": service, "cluster": link.peer.cluster,
+                     "rtt_ms": round(rtt * 1000, 3) if rtt is not None else None}
+    reasons = []
+    for peer in plan.sources:
+        dialer = gateway.dialers.get(peer)
+        current = dialer.current if dialer is not None else None
+        if current is None or not current.usable:
+            last = dialer.last_error if dialer is not None else ""
+            reasons.append(f"no link to {peer}" + (f" ({last})" if last else ""))
+        else:
+            reasons.append(f"{peer} reports no healthy endpoint")
+    return 503, {"service": service, "cluster": None,
+                 "reason": "; ".join(reasons) or f"no cluster exports {service} to {gateway.name}"}
+
+
+async def _route(request: web.Request) -> web.Response:
+    status, body = route_json(request.app[GATEWAY_KEY], request.match_info["service"])
+    return web.json_response(body, status=status)
+
+
 async def _metrics(request: web.Request) -> web.Response:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(request.app[GATEWAY_KEY]))
@@ -121,6 +150,7 @@ def make_app(gateway: Gateway) -> web.Application:
     app = web.Application()
     app[GATEWAY_KEY] = gateway
     app.router.add_get("/api/v1/status", _status)
+    app.router.add_get("/api/v1/routes/{service}", _route)
     app.router.add_get("/metrics", _metrics)
     return app
 

@@ -35,6 +35,7 @@ from gslb.geo import GeoDatabase
 from gslb.mesh import mesh_errors
 from gslb.names import is_subdomain, parent_names, qualify
 from gslb.policies import Policy, make_policy
+from gslb.policies.mesh import GatewayCheck, MeshPolicy, plan_mesh
 from healthmon import Monitor, make_monitor
 from healthmon.scheduler import CheckTarget
 
@@ -76,6 +77,10 @@ class ServiceSpec:
     min_ttl: int = 5
     checks: Mapping[str, CheckTarget] = field(default_factory=dict)
     """endpoint id -> the health check deciding whether it is usable (none: always usable)"""
+    mesh: MeshPolicy | None = None
+    """The chain's first policy when the name is mesh-aware (``gslb.policies.mesh``)."""
+    gateways: tuple[Endpoint, ...] = ()
+    """Hidden gateway endpoints of a mesh-aware name: answered only by its mesh step."""
 
 
 @dataclass(frozen=True)
@@ -300,11 +305,24 @@ def _compile_service(name: str, config: GslbConfig, errors: list[FieldError],
                                      f"unknown site {ep.site!r} (sites: {known})"))
     coordinates = {site: (cfg.lat, cfg.lon) for site, cfg in config.sites.items()}
     policies = []
+    mesh: MeshPolicy | None = None
+    gateways: list[GatewayCheck] = []
     for i, policy_config in enumerate(svc.policy):
         policy = make_policy(policy_config, coordinates)
         where = path + ("policy",) + ((i,) if len(svc.policy) > 1 else ())
         for sub, message in policy.check(set(config.sites), set(seen)):
             errors.append(FieldError(where + sub, message))
+        if isinstance(policy, MeshPolicy):
+            if i > 0:
+                errors.append(FieldError(where + ("type",), "mesh must be the first policy: it decides which "
+                                                            "endpoints the others see"))
+            else:
+                clusters, gateways, problems = plan_mesh(config, where + ("service",), policy.config)
+                errors += problems
+                errors += [FieldError(where + ("service",), f"endpoint id {gw.endpoint.id!r} is taken by "
+                                                             f"endpoints[{seen[gw.endpoint.id]}]")
+                           for gw in gateways if gw.endpoint.id in seen]
+                policy = mesh = MeshPolicy(policy.config, coordinates, clusters)
         policies.append(policy)
     if len(errors) > count:
         return None
@@ -320,7 +338,8 @@ def _compile_service(name: str, config: GslbConfig, errors: list[FieldError],
         )
     else:
         fallback = ()
-    records = {ep.id: endpoint_records(ep, name, svc.ttl) for ep in (*endpoints, *fallback)}
+    hidden = tuple(gw.endpoint for gw in gateways)
+    records = {ep.id: endpoint_records(ep, name, svc.ttl) for ep in (*endpoints, *fallback, *hidden)}
     enabled = frozenset(ep.id for ep in svc.endpoints if ep.enabled)
     checks: dict[str, CheckTarget] = {}
     if svc.monitor is not None:
@@ -331,8 +350,13 @@ def _compile_service(name: str, config: GslbConfig, errors: list[FieldError],
                 continue  # a CNAME endpoint without probe_address: checked at load, see below
             key = (svc.monitor.model_dump_json(), address)
             checks[ep.id] = CheckTarget(key, f"{svc.monitor.type}://{address}:{monitor.port}", monitor, address)
+    for gw in gateways:
+        monitor = monitors.setdefault(gw.monitor.model_dump_json(), make_monitor(gw.monitor))
+        checks[gw.endpoint.id] = CheckTarget((gw.monitor.model_dump_json(), gw.address),
+                                             f"http://{gw.address}:{monitor.port}{gw.monitor.path}", monitor,
+                                             gw.address)
     return ServiceSpec(name, svc.ttl, svc.answers, tuple(policies), endpoints, enabled, mode, fallback, records,
-                       svc.min_ttl, checks)
+                       svc.min_ttl, checks, mesh, hidden)
 
 
 def compile_config(

@@ -187,6 +187,39 @@ def _node_records(zone: ZoneData, name: str, qtype: int) -> list[RR]:
 def choose_endpoints(table: ServiceTable, qtype: int, sel: Selection) -> list[Endpoint] | None:
     """The endpoints a GSLB name answers with for this client, best first; None: SERVFAIL."""
     spec = table.spec
+    policies = spec.policies
+    candidates: Sequence[Endpoint] | None = None
+    if spec.mesh is not None:
+        # A mesh-aware name: the mesh step decides among the usable endpoints and gateways
+        # before any fallback, and the rest of the chain goes on from its decision.
+        policies = policies[1:]
+        family = qtype in (T_A, T_AAAA)
+        route = spec.mesh.route(table.by_type[qtype] if family else table.candidates, table.gateways, sel,
+                                v6=(qtype == T_AAAA) if family else None)
+        if route is not None:
+            if route.gateway:
+                return list(route.endpoints)
+            candidates = route.endpoints
+    if candidates is None:
+        candidates = _usable(table, qtype, sel)
+        if candidates is None:
+            return None
+    if sel.trace is not None:
+        sel.note("candidates: " + (", ".join(f"{ep.id}@{ep.site}" for ep in candidates) or "none"))
+    for policy in policies:
+        if not candidates:
+            break
+        chosen = policy.select(candidates, sel)
+        candidates = chosen or candidates
+    if spec.answers is not None:
+        candidates = candidates[: spec.answers]
+    return list(candidates)
+
+
+def _usable(table: ServiceTable, qtype: int, sel: Selection) -> Sequence[Endpoint] | None:
+    """What the chain chooses among: the usable endpoints, or the fallback's when none is,
+    that can answer ``qtype``; None: SERVFAIL."""
+    spec = table.spec
     candidates: Sequence[Endpoint] = table.candidates
     if not candidates:
         mode = spec.fallback_mode
@@ -206,16 +239,7 @@ def choose_endpoints(table: ServiceTable, qtype: int, sel: Selection) -> list[En
         if len(usable) < len(candidates) and sel.trace is not None:
             sel.note(f"{len(candidates) - len(usable)} endpoint(s) have no {'IPv6' if v6 else 'IPv4'} address")
         candidates = usable
-    if sel.trace is not None:
-        sel.note("candidates: " + (", ".join(f"{ep.id}@{ep.site}" for ep in candidates) or "none"))
-    for policy in spec.policies:
-        if not candidates:
-            break
-        chosen = policy.select(candidates, sel)
-        candidates = chosen or candidates
-    if spec.answers is not None:
-        candidates = candidates[: spec.answers]
-    return list(candidates)
+    return candidates
 
 
 def _service_records(

@@ -35,6 +35,8 @@ class ServiceTable:
     """Answer records per endpoint, with the TTL in force (shortened while health may flip)."""
     ttl: int
     drained: Mapping[str, Drain] = field(default_factory=dict)
+    gateways: tuple[Endpoint, ...] = ()
+    """Healthy gateway endpoints of a mesh-aware name (never candidates: see gslb.policies.mesh)."""
     by_type: Mapping[int, tuple[Endpoint, ...]] = field(init=False, compare=False)
     """Candidates able to answer A (1) or AAAA (28): built once, so their identity is stable
     (policies memoise decisions per candidate tuple)."""
@@ -109,11 +111,26 @@ def build_snapshot(compiled: CompiledConfig, health: Mapping[Hashable, HealthVie
                     if view.state == "down":
                         continue
                 usable.append(ep)
+            gateways: list[Endpoint] = []
+            for ep in spec.gateways:
+                # only an endpoint drain naming a gateway takes it out: a site drain is what
+                # sends the cluster's clients to it
+                if any(d.kind == "endpoint" and d.matches(name, ep.id, ep.site) for d in overrides.drains):
+                    continue
+                view = health.get(spec.checks[ep.id].key)
+                if view is not None:
+                    change = view.seconds_to_change()
+                    if change is not None:
+                        soonest = change if soonest is None else min(soonest, change)
+                    if view.state == "down":
+                        continue
+                gateways.append(ep)
             ttl = spec.ttl
             if soonest is not None and soonest < ttl:
                 ttl = max(spec.min_ttl, int(soonest))
                 records = {eid: _with_ttl(recs, ttl) for eid, recs in records.items()}
-            services[name] = ServiceTable(spec, tuple(usable), tuple(admitted), records, ttl, drained)
+            services[name] = ServiceTable(spec, tuple(usable), tuple(admitted), records, ttl, drained,
+                                          tuple(gateways))
     return Snapshot(next(_generations), compiled.zones, services, compiled.sites, compiled.geo, overrides)
 
 
@@ -132,6 +149,6 @@ def same_answers(old: Snapshot, new: Snapshot) -> bool:
     for name, a in old.services.items():
         b = new.services[name]
         if (a.spec is not b.spec or a.records is not b.records or a.ttl != b.ttl
-                or a.candidates != b.candidates or a.admitted != b.admitted):
+                or a.candidates != b.candidates or a.admitted != b.admitted or a.gateways != b.gateways):
             return False
     return True

@@ -6,7 +6,7 @@ Adding a policy: write ``gslb/policies/<name>.py`` with a ``PolicyConfig`` subcl
 
 # Each import registers a policy.
 from gslb.policies import all as _all  # noqa: F401
-from gslb.policies import consistent_hash, failover, geo, round_robin, topology, weighted  # noqa: F401
+from gslb.policies import consistent_hash, failover, geo, mesh, round_robin, topology, weighted  # noqa: F401
 from gslb.policies.base import (
     POLICIES,
     VARY_CLIENT,
