@@ -44,6 +44,10 @@ T_OPT, T_IXFR, T_AXFR, T_SOA = 41, 251, 252, 6
 META_TYPES = frozenset({T_OPT, 249, 250})  # OPT, TKEY, TSIG are not questions
 NOTAUTH = 9
 CACHE_LIMIT = 100_000
+NEGATIVE_CACHE_LIMIT = 8192
+"""Replies without answer records (NXDOMAIN, NODATA, referrals) get their own small cache: a
+random-name flood makes every one of them new, and must neither grow memory nor push the
+popular positive answers out."""
 
 
 class QueryHandler:
@@ -55,6 +59,8 @@ class QueryHandler:
         self.errors = 0
         self.exact_udp: dict[bytes, Entry] = {}
         self.exact_tcp: dict[bytes, Entry] = {}
+        self.negative_udp: dict[bytes, Entry] = {}
+        self.negative_tcp: dict[bytes, Entry] = {}
         self._last_error_log = 0.0
         self.set_snapshot(snapshot)
 
@@ -64,10 +70,12 @@ class QueryHandler:
         self.snapshot = snapshot
         if keep_caches:
             return
-        self.stats.fold(self.exact_udp.values())
-        self.stats.fold(self.exact_tcp.values())
+        for cache in (self.exact_udp, self.exact_tcp, self.negative_udp, self.negative_tcp):
+            self.stats.fold(cache.values())
         self.exact_udp = {}
         self.exact_tcp = {}
+        self.negative_udp = {}
+        self.negative_tcp = {}
         self._prepared: dict[tuple[tuple[bytes, ...], int, int], tuple[Prepared, Labels]] = {}
         self._bodies: dict[tuple[Any, ...], Prepared] = {}
         self._addresses: dict[str, IPv4Address | IPv6Address] = {}
@@ -105,10 +113,15 @@ class QueryHandler:
 
     def current_stats(self) -> QueryStats:
         """Totals so far, with the hits of the live cache entries."""
-        return self.stats.current([*self.exact_udp.values(), *self.exact_tcp.values()])
+        return self.stats.current([*self.exact_udp.values(), *self.exact_tcp.values(),
+                                   *self.negative_udp.values(), *self.negative_tcp.values()])
 
     def _handle(self, data: bytes, client: str, tcp: bool) -> bytes | list[bytes] | None:
         started = time.perf_counter()
+        negative = (self.negative_tcp if tcp else self.negative_udp).get(data[2:])
+        if negative is not None:
+            negative.hits += 1
+            return data[:2] + negative.tail
         try:
             query = parse_query(data)
         except Drop:
@@ -148,7 +161,8 @@ class QueryHandler:
             labels = Labels("tcp" if tcp else "udp", answer.zone or "-", type_label(query.qtype),
                             rcode_label(answer.rcode), answer.service, answer.sites, ecs is not None)
             if answer.vary == VARY_NONE:
-                self._remember(self._prepared, key, (prepared, labels))
+                if answer.answer:
+                    self._remember(self._prepared, key, (prepared, labels))
                 cacheable = True
             else:
                 # The exact key holds the ECS option, so an answer that depended only on it
@@ -164,8 +178,11 @@ class QueryHandler:
         self.stats.count(labels)
         self.stats.observe(time.perf_counter() - started)
         if cacheable:
-            exact = self.exact_tcp if tcp else self.exact_udp
-            if len(exact) >= self.cache_limit:
+            if prepared.full[0]:  # answer records: the popular, bounded set of names
+                exact, limit = (self.exact_tcp if tcp else self.exact_udp), self.cache_limit
+            else:
+                exact, limit = (self.negative_tcp if tcp else self.negative_udp), NEGATIVE_CACHE_LIMIT
+            if len(exact) >= limit:
                 self.stats.fold(exact.values())
                 exact.clear()
             exact[data[2:]] = Entry(reply[2:], labels)
@@ -205,7 +222,7 @@ class QueryHandler:
     def _udp_transfer(self, data: bytes, query: ParsedQuery, client: str) -> bytes:
         """Over UDP an IXFR gets the current SOA (RFC 1995: 'the SOA alone means: use TCP');
         an AXFR is not possible."""
-        zone = self.snapshot.zones.get(query.qname)
+        zone = self.snapshot.zones.get(query.qname) if query.qclass == 1 else None  # our zones are class IN
         if zone is None:
             return self._rcode_only(data, NOTAUTH, query, False)
         if query.qtype == T_AXFR:
@@ -221,7 +238,7 @@ class QueryHandler:
         return reply
 
     def _transfer(self, data: bytes, query: ParsedQuery, client: str) -> list[bytes]:
-        zone = self.snapshot.zones.get(query.qname)
+        zone = self.snapshot.zones.get(query.qname) if query.qclass == 1 else None  # our zones are class IN
         if zone is None:
             rcode = NOTAUTH if zone_of(query.qname, self.snapshot.zones) else REFUSED
             return [self._rcode_only(data, rcode, query, True)]

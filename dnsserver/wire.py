@@ -103,7 +103,7 @@ def question_name_end(data: bytes, offset: int) -> int:
         offset += length + 1
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=8192)
 def decode_name(wire: bytes) -> tuple[tuple[bytes, ...], str]:
     """Labels and text form of a validated, lowercased wire name (memoised: names repeat)."""
     labels = []
@@ -218,6 +218,8 @@ def _parse_opt(data: bytes, udp_size: int, ttl: int, start: int, end: int, query
         offset += length
     edns = Edns(max(udp_size, 512), (ttl >> 16) & 0xFF, bool(ttl & 0x8000), options)
     query.edns = edns  # an error below still answers with OPT (RFC 6891 6.1.1)
+    if edns.version > 0:
+        return edns  # BADVERS (RFC 6891 6.1.3): options of a version we lack mean nothing to us
     for code, value in options:
         if code == OPTION_ECS:
             if edns.ecs is not None:
