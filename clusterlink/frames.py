@@ -28,7 +28,7 @@ unpack_header = HEADER.unpack_from
 
 
 class FrameType(enum.IntEnum):
-    OPEN = 1       # payload: JSON {"service": ..., "client": "ip:port"}
+    OPEN = 1       # payload: UTF-8 "<service>\n<client ip:port>"
     DATA = 2
     FIN = 3        # the sender will write no more on this stream (half-close)
     RST = 4        # payload: JSON {"code": ..., "reason": ...}; the stream is gone

@@ -18,7 +18,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from clusterlink.frames import (
     HEADER_SIZE,
@@ -58,7 +57,7 @@ class Link(asyncio.Protocol):
     called with the TLS transport once the handshake (and identity check) is done."""
 
     def __init__(self, *, local_cluster: str, dialer: bool,
-                 on_open: Callable[[Link, int, dict[str, Any]], None] | None = None,
+                 on_open: Callable[[Link, int, str, str], None] | None = None,
                  on_status: Callable[[Link, dict[str, int]], None] | None = None,
                  on_ready: Callable[[Link], bool] | None = None,
                  on_closed: Callable[[Link, Exception | None], None] | None = None,
@@ -219,7 +218,7 @@ class Link(asyncio.Protocol):
         stream.attach(self, sid)
         self.streams[sid] = stream
         self.stats.streams_opened += 1
-        self.write(json_frame(FrameType.OPEN, sid, {"service": service, "client": client}))
+        self.write(frame(FrameType.OPEN, sid, f"{service}\n{client}".encode()))
 
     def accept_stream(self, sid: int, stream: Stream) -> None:
         stream.attach(self, sid)
@@ -290,10 +289,10 @@ class Link(asyncio.Protocol):
             if self._on_open is None or self.draining:
                 self.reset(sid, "refused", "this gateway accepts no streams on this link")
                 return
-            body = decode_json(payload)
-            if not isinstance(body, dict) or not isinstance(body.get("service"), str):
-                raise ProtocolError("OPEN without a service name")
-            self._on_open(self, sid, body)
+            service, _, client = payload.decode("utf-8", "replace").partition("\n")
+            if not service or len(service) > 255:
+                raise ProtocolError("OPEN without a valid service name")
+            self._on_open(self, sid, service, client)
         elif kind == FrameType.RST:
             stream = self.streams.pop(sid, None)
             if stream is not None:
