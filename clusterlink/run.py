@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -37,6 +38,9 @@ async def serve_gateway(config_path: Path, cluster: str, api: tuple[str, int] | 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, gateway.check_files)
+    # Config, contexts and listeners live as long as the process: keep them out of the
+    # collector's reach so full collections stay short (as gslb serve does).
+    gc.freeze()
     log.info("cluster %s: gateway ready", cluster)
     await stop.wait()
     log.info("cluster %s: stopping", cluster)

@@ -107,6 +107,7 @@ def cmd_link(args: argparse.Namespace) -> int:
     from clusterlink.run import serve_gateway
 
     _use_uvloop()
+    _tune_gc()
     return asyncio.run(serve_gateway(args.config, args.cluster, args.api))
 
 
@@ -232,9 +233,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         await node.run(listeners, http, stop, handover=handover)
 
     _use_uvloop()
-    # Answers and checks allocate many short-lived objects: collect the young generation less
-    # often (each collection is a pause for every query waiting in the socket).
-    gc.set_threshold(10_000, 20, 20)
+    _tune_gc()
     try:
         asyncio.run(run())
     except GslbError as exc:
@@ -262,6 +261,12 @@ def _forward(children: list[int], sig: signal.Signals, node: object) -> None:
 def _beside(config: Path, path: Path | None) -> Path | None:
     """A path from the config file, relative to that file."""
     return None if path is None else config.parent / path
+
+
+def _tune_gc() -> None:
+    """Answers, checks and carried connections allocate many short-lived objects: collect the
+    young generation less often (each collection is a pause for every packet waiting)."""
+    gc.set_threshold(10_000, 20, 20)
 
 
 def _use_uvloop() -> None:
