@@ -297,10 +297,10 @@ def queries(draw: st.DrawFn) -> tuple[bytes, dict]:
 def expected_rcodes(info: dict) -> set[int]:
     """Rcodes an unmutated query may get, in the order the checks apply."""
     ecs = [value for code, value in info["options"] if code == 8]
+    if info["edns"]:
+        return {BADVERS}  # before the options, whose meaning depends on the version
     if info["edns"] is not None and (len(ecs) > 1 or not all(ecs_valid(v) for v in ecs)):
         return {FORMERR}
-    if info["edns"]:
-        return {BADVERS}
     opcode = (info["flags"] >> 11) & 0xF
     if opcode:
         return {REFUSED} if opcode == 4 else {NOTIMP}
