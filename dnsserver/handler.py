@@ -11,6 +11,7 @@ Answers that depend on the client (policies that look at it) are never cached.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from ipaddress import IPv4Address, IPv6Address, ip_address
@@ -62,20 +63,31 @@ class QueryHandler:
         self.negative_udp: dict[bytes, Entry] = {}
         self.negative_tcp: dict[bytes, Entry] = {}
         self._last_error_log = 0.0
+        self._lock = threading.Lock()
+        """Held while a query is answered in Python and while the snapshot is swapped: with the
+        UDP threads of ``dnsserver.fastudp`` a query can be answered beside the event loop, and
+        one that resolved on the old snapshot must not land in the new one's caches."""
         self.set_snapshot(snapshot)
 
     def set_snapshot(self, snapshot: Snapshot, *, keep_caches: bool = False) -> None:
         """Swap in a new snapshot; queries already in flight finish on the old one. With
         ``keep_caches`` the caller vouches that every answer stays the same."""
+        with self._lock:
+            self._set_snapshot(snapshot, keep_caches)
+
+    def _set_snapshot(self, snapshot: Snapshot, keep_caches: bool) -> None:
         self.snapshot = snapshot
         if keep_caches:
             return
-        for cache in (self.exact_udp, self.exact_tcp, self.negative_udp, self.negative_tcp):
-            self.stats.fold(cache.values())
+        old = (self.exact_udp, self.exact_tcp, self.negative_udp, self.negative_tcp)
         self.exact_udp = {}
         self.exact_tcp = {}
         self.negative_udp = {}
         self.negative_tcp = {}
+        # Folded after the swap: the UDP threads of dnsserver.fastudp count cache hits without
+        # this lock, and must find the new caches by the time an old one is being folded.
+        for cache in old:
+            self.stats.fold(cache.values())
         self._prepared: dict[tuple[tuple[bytes, ...], int, int], tuple[Prepared, Labels]] = {}
         self._bodies: dict[tuple[Any, ...], Prepared] = {}
         self._addresses: dict[str, IPv4Address | IPv6Address] = {}
@@ -83,13 +95,15 @@ class QueryHandler:
 
     def handle(self, data: bytes, client: str) -> bytes | None:
         """The reply to one UDP datagram, or None when it gets none. Never raises."""
-        reply = self._guarded(data, client, False)
+        with self._lock:
+            reply = self._guarded(data, client, False)
         assert not isinstance(reply, list)
         return reply
 
     def handle_stream(self, data: bytes, client: str) -> list[bytes]:
         """Replies to one TCP message (a zone transfer needs several). Never raises."""
-        reply = self._guarded(data, client, True)
+        with self._lock:
+            reply = self._guarded(data, client, True)
         if reply is None:
             return []
         return reply if isinstance(reply, list) else [reply]

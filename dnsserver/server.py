@@ -10,6 +10,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from dnsserver import fastudp
 from dnsserver.handler import QueryHandler
 from dnsserver.rrl import RateLimiter
 from dnsserver.tcp import TcpConnections, TcpProtocol
@@ -87,6 +88,8 @@ class DnsServer:
     connections: TcpConnections | None = None
     rrl: RateLimiter | None = None
     """Response rate limiting on UDP, shared by this process's sockets; None: off."""
+    fast_udp: fastudp.FastUdp | None = field(default=None, init=False)
+    """The C threads answering UDP (when built, not turned off, and RRL is off); else asyncio does."""
 
     @property
     def addresses(self) -> list[tuple[str, int]]:
@@ -109,9 +112,16 @@ class DnsServer:
             log.info("response rate limiting on UDP%s: %g answers/s per /%d or /%d network, window %d s, "
                      "slip %d%s", self.label, rrl.rates[0], rrl.ipv4_prefix_length, rrl.ipv6_prefix_length,
                      rrl.window, rrl.slip, ", log only" if rrl.log_only else "")
+        if rrl is None and self.listeners and fastudp.available():
+            self.fast_udp = fastudp.FastUdp(self.handler, label=self.label)
+            log.info("dns/udp answered by the C fast path (recvmmsg/sendmmsg), one thread per socket%s",
+                     self.label)
         for lst in self.listeners:
-            transport, _ = await loop.create_datagram_endpoint(udp, sock=lst.udp)
-            self._transports.append(transport)
+            if self.fast_udp is not None:
+                self.fast_udp.start(lst.udp)
+            else:
+                transport, _ = await loop.create_datagram_endpoint(udp, sock=lst.udp)
+                self._transports.append(transport)
             log.info("listening dns/udp on %s%s", format_address(lst.host, lst.port), self.label)
             server = await loop.create_server(lambda: TcpProtocol(self.handler, conns), sock=lst.tcp,
                                               backlog=TCP_BACKLOG)  # the default (100) would shrink it
@@ -123,9 +133,7 @@ class DnsServer:
         is queued is the successor's to read) and accepting TCP; each open connection finishes the
         query it is reading, flushes its answers and closes. Connections still busy after
         ``grace`` seconds are cut. Returns (closed after their answers, cut)."""
-        for transport in self._transports:
-            transport.close()
-        self._transports.clear()
+        self._stop_udp(close=False)  # the UDP threads' sockets close at stop()
         for server in self._servers:
             server.close()
         conns = self.connections
@@ -148,9 +156,20 @@ class DnsServer:
                 conn.transport.abort()
         return finished, len(cut)
 
-    async def stop(self) -> None:
+    def _stop_udp(self, *, close: bool) -> None:
+        """Stop reading UDP. The C threads stop on their eventfd, never by closing the socket
+        under them (a closed descriptor does not wake a thread blocked on it, and may be
+        reused); with ``close`` their sockets are closed once they have ended. An asyncio
+        transport closes its socket in any case. A successor holds its own descriptors."""
         for transport in self._transports:
             transport.close()
+        self._transports.clear()
+        if self.fast_udp is not None and self.fast_udp.stop() and close:
+            for lst in self.listeners:
+                lst.udp.close()
+
+    async def stop(self) -> None:
+        self._stop_udp(close=True)
         for server in self._servers:
             server.close()
         if self.connections is not None:

@@ -157,6 +157,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         original(self, data, addr)
 
     with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GSLB_UDP_FASTPATH", "0")  # the C loop would answer without passing through here
         mp.setattr(UdpProtocol, "datagram_received", counting)
         with threaded_node() as node:
             tmp = tmp_path_factory.mktemp("unbound")

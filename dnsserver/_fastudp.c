@@ -1,0 +1,426 @@
+/* The UDP answer loop in C: recvmmsg -> exact-cache lookup -> sendmmsg, one thread per socket.
+ *
+ * Why: on a cache hit the Python path (uvloop's datagram callback + UdpProtocol) costs about
+ * 2 us of user time per packet, as much as the kernel's share. Here a batch of datagrams costs
+ * one recvmmsg and one sendmmsg, and a hit costs a dict lookup without entering the
+ * interpreter. Everything that is not a hit still goes to ``handler.handle`` (Python), which
+ * does the parsing, the answering and the accounting, so both paths answer alike.
+ *
+ * The GIL is held only while a batch is answered; the system calls run without it, so the
+ * event loop thread (TCP, HTTP, health checks, snapshot swaps) runs meanwhile.
+ *
+ * Linux only (recvmmsg, sendmmsg). setup.py marks the extension optional: where it does not
+ * build, dnsserver/fastudp.py falls back to the asyncio path.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+/* The largest UDP payload: a datagram is never cut short, so handle() sees what the Python
+ * path would see. Only the bytes a datagram fills are touched. */
+#define SLOT_SIZE 65536
+#define MAX_BATCH 1024
+/* Under sustained load the socket is never empty, so the loop never blocks in poll() and never
+ * sees the stop descriptor there: look at it every this many batches (and whenever idle). */
+#define STOP_CHECK_EVERY 16
+/* A full send buffer (EAGAIN) is waited for once per batch, this long; then the rest of the
+ * batch is dropped, as the kernel drops what overflows a queue: falling behind on reading
+ * would lose more. */
+#define SEND_WAIT_MS 10
+
+/* What serve() returns. recv_errors: errors read back from the socket (ICMP unreachable from
+ * clients that went away, and the like); send_errors: replies that could not be sent;
+ * internal_errors: datagrams dropped because Python failed (out of memory, a raising handler). */
+typedef struct {
+    unsigned long long received, hits, handled, sent, send_errors, recv_errors, internal_errors;
+} counters;
+
+/* One batch worth of buffers. Replies are sent straight from the bytes objects that hold them
+ * (two iovecs: the query's ID, then the cached tail), so a hit copies nothing; ``keep`` holds a
+ * reference to each such object until sendmmsg is done with it. */
+typedef struct {
+    unsigned batch;
+    unsigned char *buffers;                 /* batch * SLOT_SIZE */
+    struct sockaddr_storage *peers;         /* the senders, reused as reply addresses */
+    struct iovec *rx_iov;
+    struct mmsghdr *rx;
+    unsigned char (*ids)[2];
+    struct iovec *tx_iov;                   /* two per reply */
+    struct mmsghdr *tx;
+    PyObject **keep;
+    unsigned pending;                       /* replies in tx waiting to be sent */
+} batch_t;
+
+static PyObject *str_exact_udp, *str_handle, *str_hits, *str_tail, *long_one;
+
+static void batch_free(batch_t *b) {
+    PyMem_RawFree(b->buffers);
+    PyMem_RawFree(b->peers);
+    PyMem_RawFree(b->rx_iov);
+    PyMem_RawFree(b->rx);
+    PyMem_RawFree(b->ids);
+    PyMem_RawFree(b->tx_iov);
+    PyMem_RawFree(b->tx);
+    PyMem_RawFree(b->keep);
+}
+
+static int batch_alloc(batch_t *b, unsigned batch) {
+    memset(b, 0, sizeof(*b));
+    b->batch = batch;
+    b->buffers = PyMem_RawMalloc((size_t)batch * SLOT_SIZE);
+    b->peers = PyMem_RawCalloc(batch, sizeof(*b->peers));
+    b->rx_iov = PyMem_RawCalloc(batch, sizeof(*b->rx_iov));
+    b->rx = PyMem_RawCalloc(batch, sizeof(*b->rx));
+    b->ids = PyMem_RawCalloc(batch, sizeof(*b->ids));
+    b->tx_iov = PyMem_RawCalloc(2 * (size_t)batch, sizeof(*b->tx_iov));
+    b->tx = PyMem_RawCalloc(batch, sizeof(*b->tx));
+    b->keep = PyMem_RawCalloc(batch, sizeof(*b->keep));
+    if (!b->buffers || !b->peers || !b->rx_iov || !b->rx || !b->ids || !b->tx_iov || !b->tx || !b->keep) {
+        batch_free(b);
+        return -1;
+    }
+    for (unsigned i = 0; i < batch; i++) {
+        b->rx_iov[i].iov_base = b->buffers + (size_t)i * SLOT_SIZE;
+        b->rx_iov[i].iov_len = SLOT_SIZE;
+        b->rx[i].msg_hdr.msg_iov = &b->rx_iov[i];
+        b->rx[i].msg_hdr.msg_iovlen = 1;
+        b->rx[i].msg_hdr.msg_name = &b->peers[i];
+    }
+    return 0;
+}
+
+/* Drop the references of replies already sent (GIL held). */
+static void batch_release(batch_t *b) {
+    for (unsigned i = 0; i < b->pending; i++)
+        Py_CLEAR(b->keep[i]);
+    b->pending = 0;
+}
+
+/* Queue one reply to the sender of datagram ``i``: ``head`` (may be NULL) then ``body``, whose
+ * reference is stolen. */
+static void queue_reply(batch_t *b, unsigned i, const unsigned char *head, PyObject *body) {
+    unsigned n = b->pending++;
+    struct iovec *iov = &b->tx_iov[2 * n];
+    size_t iovlen = 0;
+    if (head != NULL) {
+        memcpy(b->ids[n], head, 2);
+        iov[iovlen].iov_base = b->ids[n];
+        iov[iovlen++].iov_len = 2;
+    }
+    iov[iovlen].iov_base = PyBytes_AS_STRING(body);
+    iov[iovlen++].iov_len = (size_t)PyBytes_GET_SIZE(body);
+    b->keep[n] = body;
+    memset(&b->tx[n], 0, sizeof(b->tx[n]));
+    b->tx[n].msg_hdr.msg_name = &b->peers[i];
+    b->tx[n].msg_hdr.msg_namelen = b->rx[i].msg_hdr.msg_namelen;
+    b->tx[n].msg_hdr.msg_iov = iov;
+    b->tx[n].msg_hdr.msg_iovlen = iovlen;
+}
+
+/* Queued errors (ICMP unreachable and the like, with IP_RECVERR set) would keep poll()
+ * reporting POLLERR and fill the receive buffer's accounting: read them, count them, forget them. */
+static void drain_errors(int fd, counters *c) {
+    unsigned char scratch[512], control[512];
+    for (int i = 0; i < 64; i++) {
+        struct iovec iov = {scratch, sizeof(scratch)};
+        struct msghdr msg = {0};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof(control);
+        if (recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT) < 0)
+            return;
+        c->recv_errors++;
+    }
+}
+
+/* Send every queued reply (no GIL). One reply that cannot go (a bad address, an unreachable
+ * client) is skipped and the rest still go; only a full send buffer drops the batch's rest. */
+static void send_pending(int fd, batch_t *b, counters *c) {
+    unsigned done = 0;
+    int waited = 0, retried = 0;
+    while (done < b->pending) {
+        int n = sendmmsg(fd, b->tx + done, b->pending - done, MSG_DONTWAIT);
+        if (n > 0) {
+            done += (unsigned)n;
+            c->sent += (unsigned)n;
+            retried = 0;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)) {
+            if (!waited) {
+                struct pollfd p = {fd, POLLOUT, 0};
+                waited = 1;
+                (void)poll(&p, 1, SEND_WAIT_MS);
+                continue;
+            }
+            c->send_errors += b->pending - done;
+            return;
+        }
+        /* An error that belongs to an earlier packet (ECONNREFUSED from an ICMP error) is
+         * reported once and consumed: try the same reply once more before skipping it. */
+        if (!retried && n < 0 && errno != EINVAL && errno != EMSGSIZE) {
+            retried = 1;
+            drain_errors(fd, c);
+            continue;
+        }
+        c->send_errors++;
+        done++;
+        retried = 0;
+    }
+}
+
+static int stop_requested(int stop_fd) {
+    struct pollfd p = {stop_fd, POLLIN, 0};
+    return poll(&p, 1, 0) > 0 && p.revents != 0;
+}
+
+/* Sleep until the socket is readable (1) or the stop descriptor is (0); -1 with errno. */
+static int wait_readable(int fd, int stop_fd, counters *c) {
+    struct pollfd p[2] = {{fd, POLLIN, 0}, {stop_fd, POLLIN, 0}};
+    if (poll(p, 2, -1) < 0)
+        return -1;  /* EINTR: the caller checks for signals and comes back */
+    if (p[1].revents)
+        return 0;
+    if (p[0].revents & POLLNVAL) {
+        errno = EBADF;
+        return -1;
+    }
+    if (p[0].revents & POLLERR)
+        drain_errors(fd, c);
+    return 1;
+}
+
+typedef struct {
+    unsigned turn;  /* receives since the stop descriptor was last looked at */
+    int drained;    /* the last receive emptied the queue: wait before the next one */
+} rx_state;
+
+/* Receive at least one datagram (no GIL): returns how many, 0 when asked to stop, -1 with
+ * errno for EINTR or an error that means the socket itself is unusable. After a short batch
+ * the queue is most likely empty, so poll() comes first: an idle server makes three system
+ * calls per wake-up (poll, recvmmsg, sendmmsg), a busy one two per batch. */
+static int receive(int fd, int stop_fd, batch_t *b, rx_state *st, counters *c) {
+    for (;;) {
+        if (st->drained) {
+            int ready = wait_readable(fd, stop_fd, c);
+            if (ready <= 0)
+                return ready;
+            st->turn = 0;
+        } else if (++st->turn % STOP_CHECK_EVERY == 0 && stop_requested(stop_fd)) {
+            return 0;
+        }
+        for (unsigned i = 0; i < b->batch; i++) {
+            b->rx[i].msg_hdr.msg_namelen = sizeof(b->peers[i]);
+            b->rx[i].msg_hdr.msg_flags = 0;
+        }
+        int n = recvmmsg(fd, b->rx, b->batch, MSG_DONTWAIT, NULL);
+        if (n > 0) {
+            st->drained = (unsigned)n < b->batch;
+            return n;
+        }
+        if (n == 0)
+            continue;
+        switch (errno) {
+        case EAGAIN:
+#if EWOULDBLOCK != EAGAIN
+        case EWOULDBLOCK:
+#endif
+            st->drained = 1;
+            continue;
+        case EINTR:
+        case EBADF:
+        case ENOTSOCK:
+        case ENOTCONN:
+        case EOPNOTSUPP:
+        case EFAULT:
+        case EINVAL:
+            return -1;
+        default:
+            /* An asynchronous error of an earlier send (ECONNREFUSED, EHOSTUNREACH ...),
+             * or a transient shortage (ENOMEM): nothing is wrong with the socket. */
+            c->recv_errors++;
+            drain_errors(fd, c);
+            continue;
+        }
+    }
+}
+
+/* Nothing in answer() fails but for lack of memory, or a handler that breaks its promise never
+ * to raise: say so (the first time, then every 1000th) and go on with the next datagram. */
+static void complain(PyObject *where, PyObject **cache, counters *c) {
+    Py_CLEAR(*cache);  /* the hook runs Python code: see answer() */
+    if (c->internal_errors++ % 1000 == 0)
+        PyErr_WriteUnraisable(where);
+    else
+        PyErr_Clear();
+}
+
+/* Answer datagram ``i`` from the cache, else through handler.handle (GIL held). ``*cache`` is
+ * the exact-reply dict, fetched lazily and dropped whenever Python code ran: a snapshot swap
+ * replaces the dict (and folds the old one's hit counters), and it can only happen while this
+ * thread runs Python code or waits without the GIL, so a hit is never counted on a dict that
+ * was already folded. */
+static void answer(PyObject *handler, PyObject **cache, batch_t *b, unsigned i, counters *c) {
+    const unsigned char *data = b->rx_iov[i].iov_base;
+    Py_ssize_t len = b->rx[i].msg_len;
+
+    /* A query shorter than a header is never in the cache; handle() counts it as dropped. */
+    if (len >= 12) {
+        if (*cache == NULL && (*cache = PyObject_GetAttr(handler, str_exact_udp)) == NULL)
+            complain(handler, cache, c);
+        PyObject *key = NULL;
+        if (*cache != NULL && PyDict_CheckExact(*cache)
+                && (key = PyBytes_FromStringAndSize((const char *)data + 2, len - 2)) == NULL)
+            complain(handler, cache, c);
+        if (key != NULL) {
+            PyObject *entry = PyDict_GetItemWithError(*cache, key);
+            Py_DECREF(key);
+            if (entry == NULL && PyErr_Occurred())
+                PyErr_Clear();
+            if (entry != NULL) {
+                Py_INCREF(entry);  /* borrowed from a dict that another thread may change */
+                /* A hit: the Python path's ``entry.hits += 1; send(data[:2] + entry.tail)``. */
+                PyObject *tail = PyObject_GetAttr(entry, str_tail);
+                PyObject *hits = tail != NULL ? PyObject_GetAttr(entry, str_hits) : NULL;
+                PyObject *more = hits != NULL ? PyNumber_Add(hits, long_one) : NULL;
+                int ok = more != NULL && PyBytes_Check(tail) && PyObject_SetAttr(entry, str_hits, more) == 0;
+                Py_XDECREF(hits);
+                Py_XDECREF(more);
+                Py_DECREF(entry);
+                if (ok) {
+                    c->hits++;
+                    queue_reply(b, i, data, tail);
+                    return;
+                }
+                /* Not an Entry after all: let the handler deal with the query. */
+                Py_XDECREF(tail);
+                PyErr_Clear();
+            }
+        }
+    }
+
+    char host[INET6_ADDRSTRLEN] = "";
+    const struct sockaddr_storage *peer = &b->peers[i];
+    if (peer->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, host, sizeof(host));
+    else if (peer->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, host, sizeof(host));
+    PyObject *query = PyBytes_FromStringAndSize((const char *)data, len);
+    PyObject *client = PyUnicode_FromString(host);
+    PyObject *reply = NULL;
+    if (query != NULL && client != NULL)
+        reply = PyObject_CallMethodObjArgs(handler, str_handle, query, client, NULL);
+    Py_XDECREF(query);
+    Py_XDECREF(client);
+    Py_CLEAR(*cache);
+    c->handled++;
+    if (reply == NULL)
+        complain(handler, cache, c);
+    else if (PyBytes_Check(reply) && PyBytes_GET_SIZE(reply) > 0)
+        queue_reply(b, i, NULL, reply);
+    else
+        Py_DECREF(reply);  /* None: no reply */
+}
+
+static PyObject *counters_dict(const counters *c) {
+    return Py_BuildValue("{sKsKsKsKsKsKsK}", "received", c->received, "hits", c->hits, "handled", c->handled,
+                         "sent", c->sent, "send_errors", c->send_errors, "recv_errors", c->recv_errors,
+                         "internal_errors", c->internal_errors);
+}
+
+PyDoc_STRVAR(serve_doc,
+"serve(fd, handler, stop_fd, batch=32) -> dict\n\n"
+"Answer the UDP socket ``fd`` until ``stop_fd`` (an eventfd or pipe) becomes readable:\n"
+"cache hits from ``handler.exact_udp``, everything else through ``handler.handle(data, client)``.\n"
+"Datagrams already read are answered before it returns. Returns counters (received, hits,\n"
+"handled, sent, send_errors, recv_errors, internal_errors); raises OSError when the socket\n"
+"is unusable.");
+
+static PyObject *serve(PyObject *self, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"fd", "handler", "stop_fd", "batch", NULL};
+    int fd, stop_fd;
+    unsigned int batch = 32;
+    PyObject *handler;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iOi|I:serve", kwlist, &fd, &handler, &stop_fd, &batch))
+        return NULL;
+    if (batch < 1 || batch > MAX_BATCH)
+        return PyErr_Format(PyExc_ValueError, "batch must be 1..%d", MAX_BATCH);
+
+    batch_t b;
+    if (batch_alloc(&b, batch) < 0)
+        return PyErr_NoMemory();
+    counters c = {0};
+    rx_state st = {0, 0};
+    int failed = 0, saved_errno = 0;
+    PyObject *cache = NULL;
+    for (;;) {
+        int n;
+        /* One GIL release per batch: send the previous batch's replies, then wait for the next. */
+        Py_BEGIN_ALLOW_THREADS
+        send_pending(fd, &b, &c);
+        n = receive(fd, stop_fd, &b, &st, &c);
+        saved_errno = errno;
+        Py_END_ALLOW_THREADS
+        batch_release(&b);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            if (saved_errno == EINTR) {
+                if (PyErr_CheckSignals() < 0) {  /* only ever true on the main thread */
+                    failed = 1;
+                    break;
+                }
+                continue;
+            }
+            errno = saved_errno;
+            PyErr_SetFromErrno(PyExc_OSError);
+            failed = 1;
+            break;
+        }
+        c.received += (unsigned)n;
+        for (unsigned i = 0; i < (unsigned)n; i++)
+            answer(handler, &cache, &b, i, &c);
+        Py_CLEAR(cache);  /* never held across a GIL release: see answer() */
+    }
+    batch_free(&b);
+    return failed ? NULL : counters_dict(&c);
+}
+
+static PyMethodDef methods[] = {
+    {"serve", (PyCFunction)(void (*)(void))serve, METH_VARARGS | METH_KEYWORDS, serve_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fastudp",
+    "Batched UDP answering (recvmmsg/sendmmsg) from the handler's exact-reply cache; see serve().",
+    -1, methods, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastudp(void) {
+    str_exact_udp = PyUnicode_InternFromString("exact_udp");
+    str_handle = PyUnicode_InternFromString("handle");
+    str_hits = PyUnicode_InternFromString("hits");
+    str_tail = PyUnicode_InternFromString("tail");
+    long_one = PyLong_FromLong(1);
+    if (!str_exact_udp || !str_handle || !str_hits || !str_tail || !long_one)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "MAX_BATCH", MAX_BATCH) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -1,0 +1,3 @@
+MAX_BATCH: int
+
+def serve(fd: int, handler: object, stop_fd: int, batch: int = 32) -> dict[str, int]: ...
