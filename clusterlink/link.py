@@ -36,6 +36,8 @@ log = logging.getLogger("gslb.link")
 
 INITIAL_WINDOW = 4 << 20
 CREDIT_BATCH = INITIAL_WINDOW // 4
+LINK_WRITE_HIGH = 4 << 20
+LOCAL_WRITE_HIGH = 1 << 20
 SMALL_WRITE = 16 << 10
 """Frames smaller than this are coalesced into one TLS write per loop iteration."""
 
@@ -101,6 +103,9 @@ class Link(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Room for several large frames: with the default 64 KiB mark every 256 KiB chunk
+        # would pause and resume every local socket of the link.
+        transport.set_write_buffer_limits(high=LINK_WRITE_HIGH)  # type: ignore[attr-defined]
         self._loop = asyncio.get_running_loop()
         self._last_seen = time.monotonic()
         if self._on_ready is not None and not self._on_ready(self):
@@ -398,6 +403,7 @@ class Stream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=LOCAL_WRITE_HIGH)  # type: ignore[attr-defined]
         if self._done:
             transport.abort()  # type: ignore[attr-defined]
             return
