@@ -72,6 +72,17 @@ def registered_endpoint(reg: Registration) -> Endpoint:
     return Endpoint(reg.id, reg.site, reg.ipv4, reg.ipv6, None, reg.weight, stable_seed(reg.id))
 
 
+def _health(view: HealthView | None, soonest: float | None) -> tuple[bool, float | None]:
+    """Whether a checked endpoint is up (unchecked ones are), and the earliest moment any
+    verdict seen so far may change (health-aware TTLs)."""
+    if view is None:
+        return True, soonest
+    change = view.seconds_to_change()
+    if change is not None:
+        soonest = change if soonest is None else min(soonest, change)
+    return view.state != "down", soonest
+
+
 def build_snapshot(compiled: CompiledConfig, health: Mapping[Hashable, HealthView] | None = None,
                    overrides: Overrides | None = None) -> Snapshot:
     """Combine config, health and overrides. An endpoint is a candidate when enabled (or
@@ -103,28 +114,18 @@ def build_snapshot(compiled: CompiledConfig, health: Mapping[Hashable, HealthVie
                     continue
                 admitted.append(ep)
                 check = spec.checks.get(ep.id)
-                view = health.get(check.key) if check is not None else None
-                if view is not None:
-                    change = view.seconds_to_change()
-                    if change is not None:
-                        soonest = change if soonest is None else min(soonest, change)
-                    if view.state == "down":
-                        continue
-                usable.append(ep)
+                up, soonest = _health(health.get(check.key) if check is not None else None, soonest)
+                if up:
+                    usable.append(ep)
             gateways: list[Endpoint] = []
             for ep in spec.gateways:
                 # only an endpoint drain naming a gateway takes it out: a site drain is what
                 # sends the cluster's clients to it
                 if any(d.kind == "endpoint" and d.matches(name, ep.id, ep.site) for d in overrides.drains):
                     continue
-                view = health.get(spec.checks[ep.id].key)
-                if view is not None:
-                    change = view.seconds_to_change()
-                    if change is not None:
-                        soonest = change if soonest is None else min(soonest, change)
-                    if view.state == "down":
-                        continue
-                gateways.append(ep)
+                up, soonest = _health(health.get(spec.checks[ep.id].key), soonest)
+                if up:
+                    gateways.append(ep)
             ttl = spec.ttl
             if soonest is not None and soonest < ttl:
                 ttl = max(spec.min_ttl, int(soonest))

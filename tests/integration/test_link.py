@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,32 @@ async def echo() -> Backend:
     await backend.stop()
 
 
+async def echo_through(address: tuple[str, int], chunks: Iterable[bytes], timeout: float) -> tuple[int, bool]:
+    """Send ``chunks`` to an echo service while reading the echo back; (bytes echoed, whether
+    they match what was sent, by SHA-256)."""
+    reader, writer = await asyncio.open_connection(*address)
+    sent, received = hashlib.sha256(), hashlib.sha256()
+
+    async def send() -> None:
+        for chunk in chunks:
+            sent.update(chunk)
+            writer.write(chunk)
+            await writer.drain()
+        writer.write_eof()
+
+    async def receive() -> int:
+        total = 0
+        while chunk := await reader.read(1 << 20):
+            received.update(chunk)
+            total += len(chunk)
+        return total
+
+    async with asyncio.timeout(timeout):
+        _, total = await asyncio.gather(send(), receive())
+    writer.close()
+    return total, received.hexdigest() == sent.hexdigest()
+
+
 def two_clusters(tmp_path: Path, pki: MeshPki, backend: str, **mesh: object) -> Path:
     return write_mesh_config(tmp_path / "mesh.yaml", pki, {
         "west": {"imports": {"echo": {"listen": "127.0.0.1:0"}}},
@@ -64,30 +91,10 @@ async def test_hundred_megabytes_intact(tmp_path: Path, mesh_pki: MeshPki, echo:
     size = 100 * 1024 * 1024
     async with gateways(config, "east", "west") as gw:
         await wait_routed(gw["west"], "echo", "east")
-        reader, writer = await asyncio.open_connection(*gw["west"].listen_addresses["echo"])
-        sent, received = hashlib.sha256(), hashlib.sha256()
         block = os.urandom(1 << 20)
-
-        async def send() -> None:
-            for i in range(size // len(block)):
-                chunk = block[i % 7:] + block[:i % 7]
-                sent.update(chunk)
-                writer.write(chunk)
-                await writer.drain()
-            writer.write_eof()
-
-        async def receive() -> int:
-            total = 0
-            while chunk := await reader.read(1 << 20):
-                received.update(chunk)
-                total += len(chunk)
-            return total
-
-        async with asyncio.timeout(120):
-            _, total = await asyncio.gather(send(), receive())
-        writer.close()
-        assert total == size
-        assert received.hexdigest() == sent.hexdigest()
+        chunks = (block[i % 7:] + block[:i % 7] for i in range(size // len(block)))
+        total, intact = await echo_through(gw["west"].listen_addresses["echo"], chunks, timeout=120)
+        assert total == size and intact
 
 
 async def test_many_concurrent_small_streams(tmp_path: Path, mesh_pki: MeshPki, echo: Backend) -> None:
@@ -258,34 +265,20 @@ async def test_rotation_mid_transfer(tmp_path: Path, mesh_pki: MeshPki, echo: Ba
         old_link = west.dialers["east"].current
         assert old_link is not None and old_link.peer is not None
         old_serial = old_link.peer.serial
-        reader, writer = await asyncio.open_connection(*west.listen_addresses["echo"])
         block = os.urandom(1 << 18)
-        sent, received = hashlib.sha256(), hashlib.sha256()
         rounds = 160  # 40 MiB
 
-        async def send() -> None:
+        def blocks() -> Iterator[bytes]:
             for i in range(rounds):
                 if i == rounds // 4:
                     for name in ("west", "east"):
                         issue(mesh_pki.root / "ca", name, out=tmp_path / "certs" / name)
                     west.check_files()
                     east.check_files()
-                sent.update(block)
-                writer.write(block)
-                await writer.drain()
-            writer.write_eof()
+                yield block
 
-        async def receive() -> int:
-            total = 0
-            while chunk := await reader.read(1 << 20):
-                received.update(chunk)
-                total += len(chunk)
-            return total
-
-        async with asyncio.timeout(60):
-            _, total = await asyncio.gather(send(), receive())
-        writer.close()
-        assert total == rounds * len(block) and received.hexdigest() == sent.hexdigest()
+        total, intact = await echo_through(west.listen_addresses["echo"], blocks(), timeout=60)
+        assert total == rounds * len(block) and intact
         assert west.stats.rotations == 1 and east.stats.rotations == 1
         await wait_for(lambda: (link := west.dialers["east"].current) is not None and link is not old_link
                        and link.peer is not None, what="a new link")
