@@ -46,9 +46,9 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from clusterlink.api import start_api
 from clusterlink.gateway import Gateway
-from tests.support.mesh import free_port, start_gateway, write_mesh_config
+from tests.support.mesh import start_gateway, write_mesh_config
 from tests.support.mesh_pki import MeshPki
-from tests.support.servers import ROOT, ThreadedNode, require_binary, threaded_node
+from tests.support.servers import ROOT, ThreadedNode, free_port, require_binary, threaded_node
 
 NAME = "app.map.test"
 TOKEN = "map-page-test-token-0123456789ab"  # 32 characters
@@ -177,19 +177,9 @@ def config_yaml(port: int) -> str:
     )
 
 
-@contextlib.contextmanager
-def http_node(config: str | Path) -> Iterator[ThreadedNode]:
-    with threaded_node(config, http=True) as handle:
-        deadline = time.monotonic() + WAIT
-        while handle.node.http_address is None:
-            assert time.monotonic() < deadline, "the node's HTTP API did not start"
-            time.sleep(0.02)
-        yield handle
-
-
 @pytest.fixture
 def node(backends: Backends) -> Iterator[ThreadedNode]:
-    with http_node(config_yaml(backends.port)) as handle:
+    with threaded_node(config_yaml(backends.port), http=True) as handle:
         yield handle
 
 
@@ -429,7 +419,7 @@ def mesh_node(tmp_path: Path, mesh_pki: MeshPki, backends: Backends) -> Iterator
     try:
         gateways.start("east")
         gateways.start("west")
-        with http_node(config) as handle:
+        with threaded_node(config, http=True) as handle:
             yield handle, gateways
     finally:
         gateways.close()

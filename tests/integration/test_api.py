@@ -207,8 +207,6 @@ def find_event(events: list[dict[str, Any]], **want: str) -> dict[str, Any] | No
 @contextmanager
 def serving(config: Path, token: str = TOKEN) -> Iterator[Api]:
     with threaded_node(config, http=True) as handle:
-        wait_until(lambda: handle.node.http_address, lambda a: a is not None, "the HTTP listener is up",
-                   timeout=10)
         assert handle.node.http_address is not None
         host, port = handle.node.http_address
         assert host == "127.0.0.1"

@@ -27,9 +27,6 @@ def node(tmp_path_factory):
     path = Path(tmp_path_factory.mktemp("cfg")) / "site.yaml"
     path.write_text(text)
     with threaded_node(path, http=True) as handle:
-        deadline = time.monotonic() + 10
-        while handle.node.http_address is None and time.monotonic() < deadline:
-            time.sleep(0.02)
         yield handle
 
 

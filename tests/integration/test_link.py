@@ -403,7 +403,7 @@ def test_gslb_ca_and_link_processes(tmp_path: Path) -> None:
     import time
     import urllib.request
 
-    from tests.support.mesh import free_port
+    from tests.support.servers import free_port
 
     def gslb(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "gslb.cli", *args], capture_output=True, text=True,

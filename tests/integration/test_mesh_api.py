@@ -17,8 +17,7 @@ import asyncio
 import contextlib
 import json
 import re
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +34,9 @@ from clusterlink.api import start_api
 from clusterlink.gateway import Gateway
 from gslb.api.openapi import openapi_document
 from gslb.meshstatus import MAX_REPLY
-from tests.support.mesh import Backend, call, free_port, gateways, wait_routed, write_mesh_config
+from tests.support.mesh import Backend, call, gateways, wait_routed, write_mesh_config
 from tests.support.mesh_pki import MeshPki
-from tests.support.servers import EXAMPLE, ThreadedNode, threaded_node
+from tests.support.servers import EXAMPLE, ThreadedNode, free_port, threaded_node
 
 WAIT = 10.0
 SITES = {"us-east": {"lat": 38.9, "lon": -77.0, "country": "US", "continent": "NA"},
@@ -75,16 +74,6 @@ def mesh_file(tmp_path: Path, mesh_pki: MeshPki, echo: Backend) -> Path:
                  "exports": {"echo": {"endpoints": [echo.address], "to": ["west"], "monitor": monitor}}},
         "north": {},
     }))
-
-
-@contextlib.contextmanager
-def http_node(config: str | Path) -> Iterator[ThreadedNode]:
-    with threaded_node(config, http=True) as handle:
-        deadline = time.monotonic() + WAIT
-        while handle.node.http_address is None:
-            assert time.monotonic() < deadline, "the node's HTTP API did not start"
-            time.sleep(0.02)
-        yield handle
 
 
 def base_url(node: ThreadedNode) -> str:
@@ -156,7 +145,7 @@ def samples(metrics: str, family: str) -> dict[str, float]:
 
 
 async def test_mesh_follows_the_gateways(mesh_file: Path) -> None:
-    with http_node(mesh_file) as node:
+    with threaded_node(mesh_file, http=True) as node:
         base = base_url(node)
         async with aiohttp.ClientSession() as session, gateways(mesh_file, "west") as gw, \
                 status_api(gw["west"]):
@@ -236,7 +225,7 @@ async def test_mesh_follows_the_gateways(mesh_file: Path) -> None:
 
 async def test_acceptor_speaks_for_the_link_while_the_dialer_is_unreadable(mesh_file: Path) -> None:
     """West's gateway runs but its status API does not: east's incoming end reports the link."""
-    with http_node(mesh_file) as node:
+    with threaded_node(mesh_file, http=True) as node:
         base = base_url(node)
         async with aiohttp.ClientSession() as session, gateways(mesh_file, "east", "west") as gw, \
                 status_api(gw["east"]):
@@ -320,7 +309,7 @@ async def test_status_apis_that_fail_are_unreachable_with_their_error(tmp_path: 
                     "huge": f"{apis['huge']}: status over {MAX_REPLY} bytes",
                     "hang": f"{apis['hang']}: no reply within 1 s",
                     "closed": f"cannot connect to {apis['closed']}"}
-        with http_node(with_sites(mesh_file)) as node:
+        with threaded_node(with_sites(mesh_file), http=True) as node:
             base = base_url(node)
             async with aiohttp.ClientSession() as session:
                 view = await wait_mesh(session, base, lambda v: all(c["error"] for c in v["clusters"]),
@@ -356,7 +345,7 @@ async def dns_answers_while_polls_hang(node: ThreadedNode, fakes: FakeApis, coun
 
 
 async def test_without_a_mesh_section() -> None:
-    with http_node(EXAMPLE) as node:
+    with threaded_node(EXAMPLE, http=True) as node:
         assert node.node.mesh is None
         base = base_url(node)
         async with aiohttp.ClientSession() as session:

@@ -33,9 +33,9 @@ import yaml
 
 from clusterlink.api import start_api
 from clusterlink.gateway import Gateway
-from tests.support.mesh import Backend, call, free_port, start_gateway, wait_for, wait_routed, write_mesh_config
+from tests.support.mesh import Backend, call, start_gateway, wait_for, wait_routed, write_mesh_config
 from tests.support.mesh_pki import MeshPki
-from tests.support.servers import ThreadedNode, threaded_node
+from tests.support.servers import ThreadedNode, free_port, threaded_node
 
 NAME = "app.gslb.test"
 EAST_SVC, WEST_SVC, EAST_GW, WEST_GW = "127.0.0.31", "127.0.0.32", "127.0.0.33", "127.0.0.34"

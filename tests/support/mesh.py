@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,14 +15,9 @@ from clusterlink.gateway import Gateway
 from clusterlink.identity import TlsFiles
 from gslb.config import load_config
 from tests.support.mesh_pki import MeshPki
+from tests.support.servers import free_port
 
 ZONE = {"gslb.test": {"nameservers": [{"name": "ns1.gslb.test", "addresses": ["127.0.0.1"]}]}}
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def tls_block(files: TlsFiles) -> dict[str, str]:

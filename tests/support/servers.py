@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +27,13 @@ from gslb.node import Node
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "example.yaml"
 LISTEN_RE = re.compile(r"listening (dns/udp|dns/tcp|http) on (?:\[([0-9a-fA-F:]+)\]|([0-9.]+)):(\d+)")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def require_binary(name: str) -> str:
@@ -90,7 +98,8 @@ def threaded_node(config: Path | str = EXAMPLE, *, hosts: tuple[str, ...] = ("12
 
         async def main() -> None:
             task = asyncio.ensure_future(node.run(listeners, ("127.0.0.1", 0) if http else None, stop))
-            while node.dns is None and not task.done():
+            # ready means answering: DNS bound, and the HTTP API too when asked for
+            while (node.dns is None or (http and node.http_address is None)) and not task.done():
                 await asyncio.sleep(0.01)
             ready.set()
             await task
