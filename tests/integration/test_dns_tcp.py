@@ -20,7 +20,7 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
-from tests.support.dnswire import frame, recv_exact
+from tests.support.dnswire import frame, recv_exact, send_without_reading
 from tests.support.servers import ThreadedNode, threaded_node
 
 TIMEOUT = 3.0
@@ -320,19 +320,9 @@ def test_connection_cap(cap_node):
 
 
 def _stuff(sock: socket.socket, count: int) -> int:
-    """Write ``count`` framed queries for the ~8 KB TXT without ever reading; stop early
-    when the kernel will not take more (the server stopped reading). Returns bytes sent."""
-    payload = b"".join(frame(query("big.tcp.test", "TXT", ident=i & 0xFFFF).to_wire()) for i in range(count))
-    sock.setblocking(False)
-    sent = 0
-    for _ in range(10_000):
-        if sent >= len(payload):
-            break
-        try:
-            sent += sock.send(payload[sent : sent + 65536])
-        except BlockingIOError:
-            break
-    return sent
+    """``count`` queries for the ~8 KB TXT, never reading the replies."""
+    return send_without_reading(sock, [query("big.tcp.test", "TXT", ident=i & 0xFFFF).to_wire()
+                                       for i in range(count)])
 
 
 def _non_reader(node: ThreadedNode) -> socket.socket:

@@ -25,7 +25,7 @@ import pytest
 from dnsserver.tcp import client_key
 from gslb.config import load_config_text
 from gslb.errors import ConfigError
-from tests.support.dnswire import frame, read_frame
+from tests.support.dnswire import frame, read_frame, send_without_reading
 from tests.support.servers import ThreadedNode, threaded_node
 
 TIMEOUT = 3.0
@@ -273,20 +273,8 @@ def test_slowloris_cut_at_read_timeout_while_others_are_answered(limits_node):
 
 
 def _stuff(sock: socket.socket, count: int) -> int:
-    """Write ``count`` framed queries for the ~8 KB TXT and never read; stop early when the
-    kernel takes no more. Returns the bytes sent."""
-    one = dns.message.make_query("big.limits.test", "TXT").to_wire()
-    payload = b"".join(frame(one) for _ in range(count))
-    sock.setblocking(False)
-    sent = 0
-    for _ in range(10_000):
-        if sent >= len(payload):
-            break
-        try:
-            sent += sock.send(payload[sent : sent + 65536])
-        except BlockingIOError:
-            break
-    return sent
+    """``count`` queries for the ~8 KB TXT, never reading the replies."""
+    return send_without_reading(sock, [dns.message.make_query("big.limits.test", "TXT").to_wire()] * count)
 
 
 def test_client_that_stops_reading_is_cut_at_write_timeout(limits_node):

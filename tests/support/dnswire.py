@@ -34,6 +34,22 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     raise AssertionError("unreachable")
 
 
+def send_without_reading(sock: socket.socket, messages: list[bytes]) -> int:
+    """Write ``messages`` framed, never reading the replies; stop early when the kernel takes
+    no more (the server stopped reading). Returns the bytes sent."""
+    payload = b"".join(frame(m) for m in messages)
+    sock.setblocking(False)
+    sent = 0
+    for _ in range(10_000):
+        if sent >= len(payload):
+            break
+        try:
+            sent += sock.send(payload[sent : sent + 65536])
+        except BlockingIOError:
+            break
+    return sent
+
+
 def read_frame(sock: socket.socket) -> bytes:
     (size,) = struct.unpack("!H", recv_exact(sock, 2))
     return recv_exact(sock, size)
