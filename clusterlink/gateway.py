@@ -310,12 +310,13 @@ class Gateway:
             identity = peer_identity(link.transport.get_extra_info("ssl_object"),  # type: ignore[union-attr]
                                      self.plan.trust_domain)
             if self._denied(identity):
-                raise IdentityError(f"{identity.spiffe} (serial {identity.serial:x}) is on the deny list")
+                raise IdentityError(f"{identity.spiffe} (serial {identity.serial:x}) is on the deny list",
+                                    reason="denied")
             check_expected(identity, expected)
             if identity.cluster not in self.config_mesh.clusters or identity.cluster == self.name:
-                raise IdentityError(f"{identity.spiffe} is not a peer cluster of this mesh")
+                raise IdentityError(f"{identity.spiffe} is not a peer cluster of this mesh", reason="unknown-cluster")
         except IdentityError as exc:
-            self.stats.identity_failures[_identity_reason(str(exc))] += 1
+            self.stats.identity_failures[exc.reason] += 1
             log.warning("cluster %s: refusing link from %s: %s", self.name,
                         _peer_address(link), exc)
             return False
@@ -624,15 +625,5 @@ def _failure_reason(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
     return type(exc).__name__
-
-
-def _identity_reason(message: str) -> str:
-    if "deny list" in message:
-        return "denied"
-    if "expected" in message:
-        return "wrong-cluster"
-    if "trust domain" in message:
-        return "trust-domain"
-    return "identity"
 
 
