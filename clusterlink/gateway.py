@@ -469,6 +469,9 @@ class Gateway:
         period = min(1.0, self.config_mesh.ping_interval)
         while True:
             await asyncio.sleep(period)
+            # Routes are cached per service and dropped on link and status events; measured
+            # RTTs move with every pong, so re-rank (with hysteresis) once a period as well.
+            self.routes_changed()
             try:
                 self.check_files()
             except Exception:  # the watcher must outlive any one bad file
