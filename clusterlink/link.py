@@ -49,8 +49,6 @@ class LinkStats:
     streams_opened: int = 0
     streams_accepted: int = 0
     streams_reset: int = 0
-    pings: int = 0
-    rtt: float | None = None
     rtt_samples: list[float] = field(default_factory=list)
 
 
@@ -77,7 +75,6 @@ class Link(asyncio.Protocol):
         self.peer_draining = False
         self.closed = False
         self.ping_interval = ping_interval
-        self.opened_at = time.monotonic()
         self._on_open = on_open
         self._on_status = on_status
         self._on_ready = on_ready
@@ -94,7 +91,6 @@ class Link(asyncio.Protocol):
         self._ping_sent: dict[bytes, float] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle_waiters: list[asyncio.Future[None]] = []
         self._early: list[bytes] = []
         """Bytes that arrived before ``connection_made`` (a server-side start_tls hands the
         transport over only after the peer may already have sent its first frames)."""
@@ -150,7 +146,6 @@ class Link(asyncio.Protocol):
         for stream in list(self.streams.values()):
             stream.link_lost()
         self.streams.clear()
-        self._wake_idle()
         if self._on_closed is not None:
             self._on_closed(self, exc)
 
@@ -250,27 +245,13 @@ class Link(asyncio.Protocol):
             self.write(frame(FrameType.GOAWAY, 0))
             self._maybe_idle()
 
-    async def wait_idle(self) -> None:
-        if not self.streams or self.closed:
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._idle_waiters.append(fut)
-        await fut
-
     def _maybe_idle(self) -> None:
         if self.streams:
             return
-        self._wake_idle()
         if self.draining and not self.closed and self.transport is not None:
             self._flush()
             self.closed = True
             self.transport.close()
-
-    def _wake_idle(self) -> None:
-        for fut in self._idle_waiters:
-            if not fut.done():
-                fut.set_result(None)
-        self._idle_waiters.clear()
 
     # ------------------------------------------------------------------ reading
 
@@ -310,7 +291,6 @@ class Link(asyncio.Protocol):
             sent = self._ping_sent.pop(payload, None)
             if sent is not None:
                 rtt = time.monotonic() - sent
-                self.stats.rtt = rtt
                 samples = self.stats.rtt_samples
                 samples.append(rtt)
                 if len(samples) > 16:
@@ -337,7 +317,6 @@ class Link(asyncio.Protocol):
         self._ping_sent[token] = time.monotonic()
         if len(self._ping_sent) > 8:
             self._ping_sent.pop(next(iter(self._ping_sent)))
-        self.stats.pings += 1
         self.write(frame(FrameType.PING, 0, token))
 
     def _tick(self) -> None:

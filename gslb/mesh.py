@@ -44,9 +44,6 @@ class ClusterPlan:
     peers: tuple[str, ...]
     """Clusters this gateway dials: every cluster one of its imports may be served by."""
 
-    def peer_gateway(self, mesh: MeshConfig, peer: str) -> tuple[str, int]:
-        return mesh.clusters[peer].gateway
-
 
 def default_tls(mesh: MeshConfig, name: str, base_dir: Path) -> MeshTlsConfig:
     folder = base_dir / mesh.certs_dir / "clusters" / name
