@@ -59,6 +59,8 @@ class FastUdp:
 
     def __init__(self, handler: QueryHandler, *, label: str = "", batch: int = BATCH) -> None:
         self.handler = handler
+        if _native is not None and _native.LOCATED:
+            handler.keep_located_replies(_native.located_key)
         self.label = label
         self.batch = batch
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)

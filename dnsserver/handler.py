@@ -5,7 +5,12 @@ Two caches make the common case cheap, both dropped whole when a new snapshot ar
   the ID. A repeated query costs one dict lookup; transports consult them first.
 - ``_prepared`` maps (name, type, class) to the encoded sections, so a query that differs
   only in ID-independent details (letter case, EDNS size, flags) skips resolve and dnslib.
-Answers that depend on the client (policies that look at it) are never cached.
+Answers that depend on the client are cached only in two forms: per client subnet (the ECS
+option is part of the exact key), and, for answers that depended on nothing but the GeoIP
+record of the client's address (``VARY_LOCATION``), per record in ``located_udp``:
+query shape (the bytes after the ID, ECS address zeroed) -> (GeoIP tree, {record: Entry}).
+Only the C UDP loop (``dnsserver.fastudp``) reads that one; it walks the tree itself and
+writes the client's ECS address and the record network's scope into the reply.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Any
+from typing import Any, NamedTuple
 
 from dnsserver.encode import Prepared, build_reply, is_plain_negative, plain_rdata, prepare, prepare_negative
 from dnsserver.stats import Entry, Labels, QueryStats, rcode_label, type_label
@@ -35,7 +40,7 @@ from dnsserver.wire import (
 )
 from gslb.compile import zone_of
 from gslb.endpoint import Client
-from gslb.policies import VARY_CLIENT, VARY_NONE
+from gslb.policies import VARY_CLIENT, VARY_LOCATION, VARY_NONE
 from gslb.resolve import Answer, Query, resolve
 from gslb.snapshot import Snapshot
 
@@ -51,6 +56,14 @@ random-name flood makes every one of them new, and must neither grow memory nor 
 popular positive answers out."""
 
 
+class LocatedReplies(NamedTuple):
+    """The replies to one query shape, per GeoIP record (a tuple: the C loop reads it as one)."""
+
+    tree: Any
+    """The ``gslb._mmdb.GeoTree`` the records are values of."""
+    replies: dict[int, Entry]
+
+
 class QueryHandler:
     def __init__(self, snapshot: Snapshot, *, udp_size: int = 1232, cache_limit: int = CACHE_LIMIT) -> None:
         self.udp_size = udp_size
@@ -62,6 +75,10 @@ class QueryHandler:
         self.exact_tcp: dict[bytes, Entry] = {}
         self.negative_udp: dict[bytes, Entry] = {}
         self.negative_tcp: dict[bytes, Entry] = {}
+        self.located_udp: dict[bytes, LocatedReplies] = {}
+        self._located_count = 0
+        self._located_key: Any = None
+        """``dnsserver._fastudp.located_key`` once the C UDP loop reads ``located_udp``."""
         self._last_error_log = 0.0
         self._lock = threading.Lock()
         """Held while a query is answered in Python and while the snapshot is swapped: with the
@@ -80,18 +97,27 @@ class QueryHandler:
         if keep_caches:
             return
         old = (self.exact_udp, self.exact_tcp, self.negative_udp, self.negative_tcp)
+        located = self.located_udp
         self.exact_udp = {}
         self.exact_tcp = {}
         self.negative_udp = {}
         self.negative_tcp = {}
+        self.located_udp = {}
+        self._located_count = 0
         # Folded after the swap: the UDP threads of dnsserver.fastudp count cache hits without
         # this lock, and must find the new caches by the time an old one is being folded.
         for cache in old:
             self.stats.fold(cache.values())
+        self.stats.fold(_located_entries(located))
         self._prepared: dict[tuple[tuple[bytes, ...], int, int], tuple[Prepared, Labels]] = {}
         self._bodies: dict[tuple[Any, ...], Prepared] = {}
         self._addresses: dict[str, IPv4Address | IPv6Address] = {}
         self._soa_rdata: dict[int, bytes] = {}
+
+    def keep_located_replies(self, located_key: Any) -> None:
+        """Called by the C UDP loop, which answers from ``located_udp``: from now on keep
+        them, under the keys ``located_key(query)`` gives."""
+        self._located_key = located_key
 
     def handle(self, data: bytes, client: str) -> bytes | None:
         """The reply to one UDP datagram, or None when it gets none. Never raises."""
@@ -128,7 +154,8 @@ class QueryHandler:
     def current_stats(self) -> QueryStats:
         """Totals so far, with the hits of the live cache entries."""
         return self.stats.current([*self.exact_udp.values(), *self.exact_tcp.values(),
-                                   *self.negative_udp.values(), *self.negative_tcp.values()])
+                                   *self.negative_udp.values(), *self.negative_tcp.values(),
+                                   *_located_entries(self.located_udp)])
 
     def _handle(self, data: bytes, client: str, tcp: bool) -> bytes | list[bytes] | None:
         started = time.perf_counter()
@@ -161,6 +188,7 @@ class QueryHandler:
         key = (query.labels, query.qtype, query.qclass)
         known = self._prepared.get(key)
         scope = 0
+        record: int | None = None
         if known is not None:
             prepared, labels = known
             cacheable = True
@@ -179,10 +207,13 @@ class QueryHandler:
                     self._remember(self._prepared, key, (prepared, labels))
                 cacheable = True
             else:
+                scope = answer.scope if ecs is not None and ecs.source else 0
+                if answer.vary == VARY_LOCATION and not tcp and self._located_key is not None:
+                    record = answer.record  # kept per GeoIP record below, not per subnet
                 # The exact key holds the ECS option, so an answer that depended only on it
                 # (never on the resolver's own address) may still be replayed for it.
-                cacheable = answer.vary == VARY_CLIENT and ecs is not None and ecs.source > 0
-                scope = answer.scope if ecs is not None and ecs.source else 0
+                cacheable = (record is None and answer.vary in (VARY_LOCATION, VARY_CLIENT)
+                             and ecs is not None and ecs.source > 0)
         reply = build_reply(prepared, query, max_size=max_size, udp_size=self.udp_size, scope=scope)
         self.rcodes[prepared.flags & 0xF] += 1
         truncated = bool(reply[2] & 0x02)
@@ -200,7 +231,25 @@ class QueryHandler:
                 self.stats.fold(exact.values())
                 exact.clear()
             exact[data[2:]] = Entry(reply[2:], labels)
+        elif record is not None:
+            self._keep_located(data, record, Entry(reply[2:], labels))
         return reply
+
+    def _keep_located(self, data: bytes, record: int, entry: Entry) -> None:
+        geo = self.snapshot.geo
+        key = self._located_key(data)
+        if key is None or geo is None or geo.tree is None:
+            return  # a query shape the C loop does not answer located replies for
+        if self._located_count >= self.cache_limit:
+            self.stats.fold(_located_entries(self.located_udp))
+            self.located_udp = {}
+            self._located_count = 0
+        kept = self.located_udp.get(key)
+        if kept is None:
+            kept = self.located_udp[key] = LocatedReplies(geo.tree, {})
+        if record not in kept.replies:
+            self._located_count += 1
+        kept.replies[record] = entry
 
     def _encoded(self, answer: Answer, query: ParsedQuery) -> Prepared:
         """Encode an answer, reusing the bytes of an identical earlier one. Records are owned
@@ -263,3 +312,6 @@ class QueryHandler:
         self.rcodes[0] += 1
         return list(axfr_messages(zone, query, udp_size=self.udp_size))
 
+
+def _located_entries(located: dict[bytes, LocatedReplies]) -> list[Entry]:
+    return [entry for kept in located.values() for entry in kept.replies.values()]

@@ -12,10 +12,12 @@ from dnslib import QTYPE, RCODE, DNSError
 
 from gslb.endpoint import Client
 from gslb.names import normalize_name
+from gslb.policies import VARY_CLIENT, VARY_LOCATION, VARY_NONE, VARY_QUERY
 from gslb.resolve import Query, resolve
 from gslb.snapshot import Snapshot
 
-VARY_TEXT = {0: "nothing (cacheable per name)", 1: "the client's address or subnet", 2: "each query"}
+VARY_TEXT = {VARY_NONE: "nothing (cacheable per name)", VARY_LOCATION: "the client's GeoIP record",
+             VARY_CLIENT: "the client's address or subnet", VARY_QUERY: "each query"}
 
 
 def explain(snapshot: Snapshot, name: str, qtype: str, client: str, ecs: str | None = None,

@@ -1,15 +1,18 @@
 """Where a client is: GeoIP lookups (MaxMind .mmdb) cached per prefix, centroid fallbacks,
 and great-circle distance.
 
-The database is read with ``maxminddb`` (the reader ``geoip2`` itself uses): it returns the
-matched network's prefix length, which the ECS scope needs, without building geoip2's model
-objects on the answer path. Records without coordinates fall back to their country's
-centroid, then their continent's.
+The search tree is walked by ``gslb._mmdb`` (C) when it is built: it names the record an
+address leads to, so results are cached per record (a database holds far fewer records than
+networks) and the DNS server can keep one reply per record. Records are decoded by
+``maxminddb`` (the reader ``geoip2`` itself uses), once each, without geoip2's model objects.
+Without the extension, ``maxminddb`` alone answers, cached per network. Records without
+coordinates fall back to their country's centroid, then their continent's.
 """
 
 from __future__ import annotations
 
 import math
+import mmap
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
@@ -18,6 +21,12 @@ from typing import Any
 import maxminddb
 
 from gslb.errors import GslbError
+
+_GeoTree: Any
+try:
+    from gslb._mmdb import GeoTree as _GeoTree
+except ImportError:  # not built here: maxminddb alone walks the tree
+    _GeoTree = None
 
 EARTH_RADIUS_KM = 6371.0088
 
@@ -80,10 +89,9 @@ def location_from_record(record: dict[str, Any] | None) -> Location | None:
 
 
 class GeoDatabase:
-    """A MaxMind City or Country database with a per-address result cache.
+    """A MaxMind City or Country database with a result cache.
 
-    ``locate`` is given the client's address already masked to its ECS source prefix, so
-    the cache holds one entry per client subnet.
+    ``locate`` is given the client's address already masked to its ECS source prefix.
     """
 
     def __init__(self, path: str | Path, *, cache_size: int = 100_000) -> None:
@@ -91,21 +99,53 @@ class GeoDatabase:
             self._reader = maxminddb.open_database(str(path))
         except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
             raise GslbError(f"cannot open GeoIP database {path}: {exc}") from exc
-        kind = self._reader.metadata().database_type
+        meta = self._reader.metadata()
+        kind = meta.database_type
         if "City" not in kind and "Country" not in kind:
             raise GslbError(f"GeoIP database {path} is a {kind} database; a City or Country one is needed")
         self.path = str(path)
         self.database_type = kind
-        # Results per database network: (address bits, prefix, network number) -> result. An
-        # MMDB is a trie, so every address under a network the database returned shares its
-        # record: a later address in that network is found by probing the prefix lengths seen.
+        self.tree: Any = None
+        """The C walker over the same file (``gslb._mmdb.GeoTree``), or None when not built."""
+        if _GeoTree is not None:
+            try:
+                with open(path, "rb") as fh:
+                    self.tree = _GeoTree(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ),
+                                        meta.node_count, meta.record_size, meta.ip_version)
+            except (OSError, ValueError) as exc:
+                raise GslbError(f"cannot read the search tree of GeoIP database {path}: {exc}") from exc
+        self._records: dict[int, Location | None] = {}
+        # Without the walker, results per database network: (address bits, prefix, network
+        # number) -> result. An MMDB is a trie, so every address under a network the database
+        # returned shares its record: a later address in that network is found by probing the
+        # prefix lengths seen.
         self._networks: dict[tuple[int, int, int], tuple[Location | None, int]] = {}
         self._prefixes: dict[int, list[int]] = {32: [], 128: []}
         self._cache_size = cache_size
 
-    def locate(self, address: IPv4Address | IPv6Address) -> tuple[Location | None, int]:
-        """The location of ``address`` and the prefix length of the database network holding
-        it (for IPv4 counted in IPv4 bits)."""
+    def locate(self, address: IPv4Address | IPv6Address) -> tuple[Location | None, int, int | None]:
+        """The location of ``address``, the prefix length of the database network holding it
+        (for IPv4 counted in IPv4 bits), and the record's identity in the tree (the same for
+        every address whose network holds the same record; None without the C walker)."""
+        tree = self.tree
+        if tree is None:
+            return (*self._locate_by_network(address), None)
+        record, prefix = tree.lookup(address.packed)
+        records = self._records
+        try:
+            return records[record], prefix, record
+        except KeyError:
+            pass
+        if record == tree.node_count:
+            location = None
+        else:
+            location = location_from_record(self._reader.get(address))  # type: ignore[arg-type]
+        if len(records) >= self._cache_size:
+            records.clear()
+        records[record] = location
+        return location, prefix, record
+
+    def _locate_by_network(self, address: IPv4Address | IPv6Address) -> tuple[Location | None, int]:
         bits = address.max_prefixlen
         value = int(address)
         networks = self._networks
@@ -113,6 +153,8 @@ class GeoDatabase:
             hit = networks.get((bits, prefix, value >> (bits - prefix)))
             if hit is not None:
                 return hit
+        if bits == 128 and self._reader.metadata().ip_version == 4:
+            return None, 0  # an IPv4-only database knows no IPv6 address
         record, prefix = self._reader.get_with_prefix_len(address)
         if bits == 32 and prefix > 32:  # IPv4 in an IPv6 tree
             prefix -= 96

@@ -17,7 +17,7 @@ from dnslib import QTYPE, RR
 from gslb.compile import RRset, ZoneData, zone_of
 from gslb.endpoint import Client, Endpoint
 from gslb.names import is_subdomain, parent_names
-from gslb.policies import VARY_NONE, Selection
+from gslb.policies import VARY_LOCATION, VARY_NONE, Selection
 from gslb.snapshot import ServiceTable, Snapshot
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
@@ -49,6 +49,9 @@ class Answer:
     """What the answer depended on: nothing (cache per name), the client, or the query itself."""
     scope: int = 0
     """How many leading bits of the client's address the answer depended on (ECS scope)."""
+    record: int | None = None
+    """With ``vary == VARY_LOCATION``: the GeoIP record it depended on. Every client whose
+    address falls in a network holding that record gets this same answer."""
     zone: str = ""
     service: str = ""
     """The GSLB name whose endpoints were chosen, if any (after following CNAMEs)."""
@@ -74,13 +77,13 @@ def resolve(snapshot: Snapshot, query: Query, client: Client, *, trace: list[str
 
     records: list[RR] = []
     name = query.qname
-    vary, scope = VARY_NONE, 0
+    vary, scope, record = VARY_NONE, 0, None
     service = ""
     sites: tuple[str, ...] = ()
 
     def done(rcode: int, **sections: Any) -> Answer:
         return Answer(rcode, answer=tuple(records), vary=vary, scope=scope, zone=apex, service=service,
-                      sites=sites, **sections)
+                      sites=sites, record=record if vary == VARY_LOCATION else None, **sections)
 
     for _ in range(MAX_CHAIN):
         table = snapshot.services.get(name)
@@ -88,6 +91,7 @@ def resolve(snapshot: Snapshot, query: Query, client: Client, *, trace: list[str
             found, target, sel = _service_records(snapshot, table, query.qtype, client, trace)
             if sel is not None:
                 vary, scope = max(vary, sel.vary), max(scope, sel.scope)
+                record = sel.record if sel.record is not None else record
                 service, sites = name, tuple(dict.fromkeys(ep.site for ep in sel.chosen))
                 if found is None:
                     return Answer(SERVFAIL, authoritative=False, vary=vary, scope=scope, zone=apex, service=name)

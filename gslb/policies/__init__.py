@@ -10,6 +10,7 @@ from gslb.policies import consistent_hash, failover, geo, mesh, round_robin, top
 from gslb.policies.base import (
     POLICIES,
     VARY_CLIENT,
+    VARY_LOCATION,
     VARY_NONE,
     VARY_QUERY,
     Policy,
@@ -19,5 +20,5 @@ from gslb.policies.base import (
     register,
 )
 
-__all__ = ["POLICIES", "VARY_CLIENT", "VARY_NONE", "VARY_QUERY", "Policy", "PolicyConfig", "Selection",
+__all__ = ["POLICIES", "VARY_CLIENT", "VARY_LOCATION", "VARY_NONE", "VARY_QUERY", "Policy", "PolicyConfig", "Selection",
            "make_policy", "register"]

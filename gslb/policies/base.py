@@ -15,7 +15,10 @@ from gslb.endpoint import Client, Endpoint
 from gslb.geo import GeoDatabase, Location
 
 MASK64 = (1 << 64) - 1
-VARY_NONE, VARY_CLIENT, VARY_QUERY = 0, 1, 2
+VARY_NONE, VARY_LOCATION, VARY_CLIENT, VARY_QUERY = 0, 1, 2, 3
+"""What an answer depended on, least to most: nothing; only the GeoIP record of the client's
+address (every address of every network holding that record gets the same answer); the
+client's address or subnet itself; each query."""
 Coordinates = dict[str, tuple[float, float]]
 """site name -> (lat, lon)"""
 
@@ -61,7 +64,7 @@ class Selection:
     ``scope`` (the ECS scope prefix to report) and marks the answer as client-dependent.
     """
 
-    __slots__ = ("_located", "_location", "chosen", "client", "geo", "scope", "trace", "vary")
+    __slots__ = ("_located", "_location", "chosen", "client", "geo", "record", "scope", "trace", "vary")
 
     def __init__(self, client: Client, geo: GeoDatabase | None, *, trace: list[str] | None = None) -> None:
         self.client = client
@@ -71,6 +74,8 @@ class Selection:
         self.trace = trace
         self.chosen: Sequence[Endpoint] = ()
         """What the answer was built from (set by resolve after the policies ran)."""
+        self.record: int | None = None
+        """The GeoIP record looked up (see ``GeoDatabase.locate``), when one was."""
         self._location: Location | None = None
         self._located = False
 
@@ -98,8 +103,9 @@ class Selection:
             if self.geo is None:
                 self.note("no GeoIP database configured")
                 return None
-            self._location, prefix = self.geo.locate(address)
-            self.depends_on(prefix)
+            self._location, prefix, self.record = self.geo.locate(address)
+            self.vary = max(self.vary, VARY_LOCATION)
+            self.scope = max(self.scope, prefix)
             if self.trace is not None:
                 net = ip_network(f"{address}/{min(prefix, address.max_prefixlen)}", strict=False)
                 loc = self._location

@@ -32,7 +32,7 @@ from gslb.config import load_config_text
 from gslb.endpoint import Client, Endpoint, stable_seed
 from gslb.errors import ConfigError
 from gslb.geo import GeoDatabase
-from gslb.policies import POLICIES, VARY_CLIENT, VARY_NONE, VARY_QUERY, Policy, Selection
+from gslb.policies import POLICIES, VARY_CLIENT, VARY_LOCATION, VARY_NONE, VARY_QUERY, Policy, Selection
 from gslb.policies.base import mix64, rendezvous_order
 from gslb.resolve import NOERROR, SERVFAIL, T_A, Answer, Query, choose_endpoints, resolve
 from gslb.snapshot import Snapshot, build_snapshot
@@ -233,7 +233,8 @@ def test_selection_location_widens_scope_to_the_geoip_network(geo: GeoDatabase) 
     s = sel("192.0.2.1", ecs=f"{LONDON}/32", geo=geo)
     loc = s.location()
     assert loc is not None and loc.country == "GB"
-    assert (s.vary, s.scope) == (VARY_CLIENT, 27)
+    assert (s.vary, s.scope) == (VARY_LOCATION, 27)
+    assert s.record is not None and s.record == geo.locate(ip_address(LONDON))[2]
     assert s.trace and "GB" in s.trace[-1]
     no_db = sel(LONDON)
     assert no_db.location() is None
@@ -726,7 +727,7 @@ def test_topology_scope_is_sound_for_random_rule_sets() -> None:
 def test_topology_country_rule_scope_is_the_geoip_network(geo: GeoDatabase) -> None:
     s = sel("192.0.2.1", ecs=f"{LONDON}/32", geo=geo)
     make("topology", rules=[{"countries": ["GB"], "sites": ["eu-west"]}]).select(THREE, s)
-    assert (s.vary, s.scope) == (VARY_CLIENT, 27)
+    assert (s.vary, s.scope) == (VARY_LOCATION, 27)
 
 
 # --------------------------------------------------------------------------- geo
@@ -739,7 +740,7 @@ def test_topology_country_rule_scope_is_the_geoip_network(geo: GeoDatabase) -> N
 def test_geo_closest_site(geo: GeoDatabase, address: str, want: str) -> None:
     s = sel(address, geo=geo)
     assert ids(make("geo").select(THREE, s)) == [want]
-    assert s.vary == VARY_CLIENT
+    assert s.vary == VARY_LOCATION
     assert s.scope == geo.locate(ip_address(address))[1]
 
 
@@ -883,7 +884,7 @@ def _located_clients(geo: GeoDatabase) -> list[str]:
     with maxminddb.open_database(str(CITY)) as reader:
         for network, _record in reader:
             address = network.network_address
-            loc, _prefix = geo.locate(address)
+            loc, _prefix, _record = geo.locate(address)
             if loc is not None and loc.lat is not None:
                 out.append(str(address))
     return out
@@ -923,7 +924,8 @@ def test_chain_topology_then_geo(ecs: str, want: str, scope: int) -> None:
     ], "endpoints": STD_ENDPOINTS})
     answer = ask(snap, ecs=ecs)
     assert addrs(answer) == [want]
-    assert (answer.vary, answer.scope) == (VARY_CLIENT, scope)
+    assert (answer.vary, answer.scope) == (VARY_LOCATION, scope)
+    assert answer.record is not None
 
 
 def test_chain_geo_then_consistent_hash() -> None:

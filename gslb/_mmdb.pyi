@@ -1,0 +1,6 @@
+from typing_extensions import Buffer
+
+class GeoTree:
+    node_count: int
+    def __init__(self, data: Buffer, node_count: int, record_size: int, ip_version: int) -> None: ...
+    def lookup(self, packed: bytes, /) -> tuple[int, int]: ...
