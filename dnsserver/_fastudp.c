@@ -383,16 +383,10 @@ static PyObject *located_key_of(const unsigned char *d, Py_ssize_t len, const lo
     return key;
 }
 
-/* ``entry.hits += 1`` and its tail (new reference), or NULL (no exception) when ``entry`` is
- * not an Entry after all. */
-static PyObject *count_hit(PyObject *entry) {
+/* ``entry.tail`` (new reference), or NULL (no exception) when ``entry`` is not an Entry. */
+static PyObject *tail_of(PyObject *entry) {
     PyObject *tail = PyObject_GetAttr(entry, str_tail);
-    PyObject *hits = tail != NULL ? PyObject_GetAttr(entry, str_hits) : NULL;
-    PyObject *more = hits != NULL ? PyNumber_Add(hits, long_one) : NULL;
-    int ok = more != NULL && PyBytes_Check(tail) && PyObject_SetAttr(entry, str_hits, more) == 0;
-    Py_XDECREF(hits);
-    Py_XDECREF(more);
-    if (!ok) {
+    if (tail == NULL || !PyBytes_Check(tail)) {
         Py_XDECREF(tail);
         PyErr_Clear();
         return NULL;
@@ -400,26 +394,23 @@ static PyObject *count_hit(PyObject *entry) {
     return tail;
 }
 
-/* Answer datagram ``i`` from a located reply when there is one (GIL held): 1 when queued. The
- * reply is written over the datagram: ID kept, the record's reply after it, then the query's
- * ECS address and the scope (the depth of the record's network) written into its ECS echo. */
-static int answer_located(PyObject *located, batch_t *b, unsigned i, counters *c) {
-    unsigned char *data = b->rx_iov[i].iov_base;
-    Py_ssize_t len = b->rx[i].msg_len;
-    located_shape s;
-    if (PyDict_GET_SIZE(located) == 0 || parse_located(data, len, &s) < 0)
-        return 0;
-    PyObject *key = located_key_of(data, len, &s);
-    if (key == NULL) {
+/* ``entry.hits += 1``: 0, or -1 (no exception) when ``entry`` is not an Entry. */
+static int count_hit(PyObject *entry) {
+    PyObject *hits = PyObject_GetAttr(entry, str_hits);
+    PyObject *more = hits != NULL ? PyNumber_Add(hits, long_one) : NULL;
+    int ok = more != NULL && PyObject_SetAttr(entry, str_hits, more) == 0;
+    Py_XDECREF(hits);
+    Py_XDECREF(more);
+    if (!ok)
         PyErr_Clear();
-        return 0;
-    }
-    PyObject *entry = PyDict_GetItemWithError(located, key);  /* borrowed */
-    Py_DECREF(key);
-    if (entry == NULL || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2) {
-        PyErr_Clear();
-        return 0;
-    }
+    return ok ? 0 : -1;
+}
+
+/* The located reply for the query in ``data`` from ``entry`` (tree, {record: Entry}), written
+ * over the query: its length, or 0 when there is none to give. */
+static int located_reply(PyObject *entry, unsigned char *data, const located_shape *shape,
+                         const struct sockaddr_storage *peer) {
+    const located_shape s = *shape;
     PyObject *tree = PyTuple_GET_ITEM(entry, 0), *replies = PyTuple_GET_ITEM(entry, 1);
     if (!PyObject_TypeCheck(tree, mmdb->tree_type) || !PyDict_Check(replies))
         return 0;
@@ -429,11 +420,11 @@ static int answer_located(PyObject *located, batch_t *b, unsigned i, counters *c
     if (s.addr_at >= 0) {
         memcpy(addr, data + s.addr_at, s.addr_len);
         bits = s.bits;
-    } else if (b->peers[i].ss_family == AF_INET) {
-        memcpy(addr, &((const struct sockaddr_in *)&b->peers[i])->sin_addr, 4);
+    } else if (peer->ss_family == AF_INET) {
+        memcpy(addr, &((const struct sockaddr_in *)peer)->sin_addr, 4);
         bits = 32;
-    } else if (b->peers[i].ss_family == AF_INET6) {
-        memcpy(addr, &((const struct sockaddr_in6 *)&b->peers[i])->sin6_addr, 16);
+    } else if (peer->ss_family == AF_INET6) {
+        memcpy(addr, &((const struct sockaddr_in6 *)peer)->sin6_addr, 16);
         bits = 128;
     } else {
         return 0;
@@ -454,10 +445,11 @@ static int answer_located(PyObject *located, batch_t *b, unsigned i, counters *c
         return 0;  /* the first client of this record: the handler answers and keeps the reply */
     }
     Py_INCREF(reply);  /* borrowed from a dict that another thread may change */
-    PyObject *tail = count_hit(reply);
-    Py_DECREF(reply);
-    if (tail == NULL)
+    PyObject *tail = tail_of(reply);
+    if (tail == NULL) {
+        Py_DECREF(reply);
         return 0;
+    }
     const unsigned char *t = (const unsigned char *)PyBytes_AS_STRING(tail);
     Py_ssize_t tlen = PyBytes_GET_SIZE(tail);
     int fits = 2 + tlen <= SLOT_SIZE;
@@ -466,10 +458,12 @@ static int answer_located(PyObject *located, batch_t *b, unsigned i, counters *c
         Py_ssize_t a = tlen - (Py_ssize_t)s.addr_len;
         fits = a >= 8 && be16(t + a - 8) == 8 && be16(t + a - 4) == s.family && t[a - 2] == s.source;
     }
-    if (!fits) {
+    if (!fits || count_hit(reply) < 0) {
         Py_DECREF(tail);
+        Py_DECREF(reply);
         return 0;  /* not a reply this query's shape produces: the handler answers */
     }
+    Py_DECREF(reply);
     memcpy(data + 2, t, (size_t)tlen);
     Py_DECREF(tail);
     if (s.addr_at >= 0) {
@@ -477,11 +471,40 @@ static int answer_located(PyObject *located, batch_t *b, unsigned i, counters *c
         a[-1] = (unsigned char)prefix;
         memcpy(a, addr, s.addr_len);
     }
-    queue_in_place(b, i, (size_t)(2 + tlen));
+    return (int)(2 + tlen);
+}
+
+/* Answer datagram ``i`` from a located reply when there is one (GIL held): 1 when queued. The
+ * reply is written over the datagram: ID kept, the record's reply after it, then the query's
+ * ECS address and the scope (the depth of the record's network) written into its ECS echo. */
+static int answer_located(PyObject *located, batch_t *b, unsigned i, counters *c) {
+    unsigned char *data = b->rx_iov[i].iov_base;
+    Py_ssize_t len = b->rx[i].msg_len;
+    located_shape s;
+    if (PyDict_GET_SIZE(located) == 0 || parse_located(data, len, &s) < 0)
+        return 0;
+    PyObject *key = located_key_of(data, len, &s);
+    if (key == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *entry = PyDict_GetItemWithError(located, key);
+    Py_DECREF(key);
+    if (entry == NULL || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 2) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_INCREF(entry);  /* borrowed from a dict that another thread may change; holds tree and replies */
+    int done = located_reply(entry, data, &s, &b->peers[i]);
+    Py_DECREF(entry);
+    if (done <= 0)
+        return 0;
+    queue_in_place(b, i, (size_t)done);
     c->hits++;
     c->located_hits++;
     return 1;
 }
+
 
 /* Answer datagram ``i`` from the caches, else through handler.handle (GIL held). The caches
  * are fetched lazily and dropped whenever Python code ran: a snapshot swap replaces them (and
@@ -507,7 +530,9 @@ static void answer(PyObject *handler, caches_t *k, batch_t *b, unsigned i, count
             if (entry != NULL) {
                 Py_INCREF(entry);  /* borrowed from a dict that another thread may change */
                 /* A hit: the Python path's ``entry.hits += 1; send(data[:2] + entry.tail)``. */
-                PyObject *tail = count_hit(entry);
+                PyObject *tail = tail_of(entry);
+                if (tail != NULL && count_hit(entry) < 0)
+                    Py_CLEAR(tail);
                 Py_DECREF(entry);
                 if (tail != NULL) {
                     c->hits++;
