@@ -60,6 +60,10 @@ class Node:
         self.scheduler: Scheduler | None = None
         self._rebuild_scheduled = False
         self._pending: dict[Hashable, bool] = {}
+        self._override_reads = 0
+        self._override_applied = 0
+        """Reads of the store's overrides started and the latest one applied: a read that started
+        earlier but finished later (an older copy) must not replace a newer one."""
         self.snapshot: Snapshot = build_snapshot(loaded.compiled, self.tracker.targets)
         self.handler = QueryHandler(self.snapshot, udp_size=loaded.config.server.dns.edns_udp_size)
         self.dns: DnsServer | None = None
@@ -243,12 +247,18 @@ class Node:
 
     async def refresh_overrides(self) -> None:
         """Take a fresh copy of drains and registrations from the store, then rebuild."""
+        self._override_reads += 1
+        read = self._override_reads
         try:
-            self.overrides = await self.store.overrides()
-            self._synced_at = time.monotonic()
+            overrides = await self.store.overrides()
         except StoreError as exc:
             log.warning("state store unreadable, answering from the last known state: %s", exc)
             return
+        if read < self._override_applied:
+            return  # a read started after this one has already been applied
+        self._override_applied = read
+        self.overrides = overrides
+        self._synced_at = time.monotonic()
         self.rebuild()
 
     def _on_store_change(self, kind: str) -> None:
