@@ -18,7 +18,7 @@ from gslb.compile import RRset, ZoneData, zone_of
 from gslb.endpoint import Client, Endpoint
 from gslb.names import is_subdomain, parent_names
 from gslb.policies import VARY_LOCATION, VARY_NONE, Selection
-from gslb.snapshot import ServiceTable, Snapshot
+from gslb.snapshot import LocatedAnswer, ServiceTable, Snapshot
 
 NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
 CLASS_IN, CLASS_ANY = 1, 255
@@ -88,11 +88,11 @@ def resolve(snapshot: Snapshot, query: Query, client: Client, *, trace: list[str
     for _ in range(MAX_CHAIN):
         table = snapshot.services.get(name)
         if table is not None:
-            found, target, sel = _service_records(snapshot, table, query.qtype, client, trace)
+            found, target, sel, chosen_sites = _service_records(snapshot, table, query.qtype, client, trace)
             if sel is not None:
                 vary, scope = max(vary, sel.vary), max(scope, sel.scope)
                 record = sel.record if sel.record is not None else record
-                service, sites = name, tuple(dict.fromkeys(ep.site for ep in sel.chosen))
+                service, sites = name, chosen_sites
                 if found is None:
                     return Answer(SERVFAIL, authoritative=False, vary=vary, scope=scope, zone=apex, service=name)
             if found is None:
@@ -105,6 +105,8 @@ def resolve(snapshot: Snapshot, query: Query, client: Client, *, trace: list[str
             records.extend(found)
             if not found:
                 return done(NOERROR, authority=(zone.negative_soa,))
+            if table is not None and sel is not None:
+                return done(NOERROR)  # endpoint records (A, AAAA, CNAME) need no additional data
             return done(NOERROR, additional=_additional(zone, found))
         assert found is not None and target is not None
         records.extend(found)
@@ -160,7 +162,7 @@ def _target_of(rr: RR) -> str | None:
     return str(label).rstrip(".").lower()
 
 
-def _additional(zone: ZoneData, found: list[RR]) -> tuple[RR, ...]:
+def _additional(zone: ZoneData, found: Sequence[RR]) -> tuple[RR, ...]:
     if not found or found[0].rtype not in (T_NS, T_MX, T_SRV):
         return ()
     return _glue(zone, RRset(found[0].rtype, 0, tuple(found)))
@@ -240,7 +242,7 @@ def _usable(table: ServiceTable, qtype: int, sel: Selection) -> Sequence[Endpoin
         usable: Sequence[Endpoint] = (
             table.by_type[qtype] if candidates is table.candidates else
             [ep for ep in candidates if ep.cname is not None or (ep.ipv6 if v6 else ep.ipv4) is not None])
-        if len(usable) < len(candidates) and sel.trace is not None:
+        if sel.trace is not None and len(usable) < len(candidates):
             sel.note(f"{len(candidates) - len(usable)} endpoint(s) have no {'IPv6' if v6 else 'IPv4'} address")
         candidates = usable
     return candidates
@@ -248,24 +250,70 @@ def _usable(table: ServiceTable, qtype: int, sel: Selection) -> Sequence[Endpoin
 
 def _service_records(
     snapshot: Snapshot, table: ServiceTable, qtype: int, client: Client, trace: list[str] | None
-) -> tuple[list[RR] | None, str | None, Selection | None]:
-    """Records a GSLB name answers for ``qtype``; (None, None, None) means: look at static data."""
+) -> tuple[Sequence[RR] | None, str | None, Selection | None, tuple[str, ...]]:
+    """Records a GSLB name answers for ``qtype``, the CNAME target to chase, the selection
+    and the sites of the chosen endpoints; (None, None, None, ()) means: look at static data."""
     if qtype not in (T_A, T_AAAA, T_CNAME, T_ANY):
-        return None, None, None
+        return None, None, None, ()
     sel = Selection(client, snapshot.geo, trace=trace)
+    if table.geo is not None and trace is None and qtype in (T_A, T_AAAA):
+        located = _located_records(table, qtype, sel)
+        if located is not None:
+            sel.chosen = located.chosen
+            return located.records, located.target, sel, located.sites
     chosen = choose_endpoints(table, qtype, sel)
     if chosen is None:
-        return None, None, sel
+        return None, None, sel, ()
     sel.chosen = chosen
+    out, target = _records_of(table, qtype, chosen)
+    if trace is not None:
+        if chosen and chosen[0].cname is not None:
+            sel.note(f"answer: CNAME {chosen[0].cname} ({chosen[0].id})")
+        else:
+            sel.note("answer: " + (", ".join(str(rr.rdata) for rr in out) or "NODATA"))
+    return out, target, sel, tuple(dict.fromkeys(ep.site for ep in chosen))
+
+
+def _located_records(table: ServiceTable, qtype: int, sel: Selection) -> LocatedAnswer | None:
+    """The answer of a name whose chain is one geo policy, for a located client: the geo
+    decision (shared by every name with the same rules) mapped to this name's records, both
+    memoised. It touches only a few objects of the name, so the cost stays flat with the
+    number of names. None: the chain decides (fallback, one site, client not located)."""
+    sites = table.sites_a if qtype == T_A else table.sites_aaaa
+    if len(sites) < 2:
+        return None  # fallback (no candidate), or one site: geo keeps all without locating
+    location = sel.location()
+    if location is None:
+        return None
+    geo = table.geo
+    assert geo is not None
+    decision = geo.decision(sites, location, sel)
+    memo = table.located[qtype]
+    located = memo.get(decision)
+    if located is None:
+        # what choose_endpoints gives: the usable endpoints of this type are the candidates,
+        # the one policy orders them by this decision, then the answer count applies
+        chosen = geo.endpoints(table.by_type[qtype], decision)
+        if table.spec.answers is not None:
+            chosen = chosen[: table.spec.answers]
+        records, target = _records_of(table, qtype, chosen)
+        located = LocatedAnswer(tuple(records), target, chosen, tuple(dict.fromkeys(ep.site for ep in chosen)))
+        if len(memo) > 1024:
+            memo.clear()
+        memo[decision] = located
+    return located
+
+
+def _records_of(table: ServiceTable, qtype: int, chosen: Sequence[Endpoint]) -> tuple[list[RR], str | None]:
+    """The records answering ``qtype`` from the chosen endpoints, and the CNAME target to
+    chase when the first one is a CNAME endpoint."""
     records = table.records
     if chosen and chosen[0].cname is not None:
         rr = records[chosen[0].id].cname
         assert rr is not None
-        if trace is not None:
-            sel.note(f"answer: CNAME {chosen[0].cname} ({chosen[0].id})")
-        return ([rr], None, sel) if qtype == T_CNAME else ([rr], chosen[0].cname, sel)
+        return [rr], (None if qtype == T_CNAME else chosen[0].cname)
     if qtype == T_CNAME:
-        return [], None, sel
+        return [], None
     out: list[RR] = []
     for family in ((T_A,) if qtype == T_A else (T_AAAA,) if qtype == T_AAAA else (T_A, T_AAAA)):
         for ep in chosen:
@@ -274,6 +322,4 @@ def _service_records(
                 out.append(rr)
         if out:
             break
-    if trace is not None:
-        sel.note("answer: " + (", ".join(str(rr.rdata) for rr in out) or "NODATA"))
-    return out, None, sel
+    return out, None

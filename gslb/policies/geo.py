@@ -44,6 +44,19 @@ _PROFILES: dict[Profile, Profile] = {}
 """Interned (coordinates, biases) pairs: their ids stay valid, as entries are never dropped."""
 _RANKED: dict[tuple[Location, frozenset[str], int], list[tuple[float, str]]] = {}
 
+Decision = tuple[str, ...] | frozenset[str]
+"""Where a located client goes, whatever the name: the chosen sites, nearest first (their
+endpoints grouped by site), or, for a client without coordinates, a set of sites (their
+endpoints in candidate order)."""
+_RULES: dict[tuple[object, ...], int] = {}
+"""Interned decision rules (everything but the tie-break prefixes) -> a number, never dropped."""
+_SITE_SETS: dict[frozenset[str], frozenset[str]] = {}
+"""Interned site sets (``intern_sites``)."""
+_DECISIONS: dict[tuple[int, frozenset[str], Location], Decision] = {}
+"""Decisions without a tie per (rules, usable sites, location), shared by every name with the
+same rules: with thousands of names a per-name memo would rarely hit, and every miss would
+rank the sites again (issue 3: resolve() flat across the number of names)."""
+
 
 class GeoConfig(SubnetHashConfig):
     type: Literal["geo"] = "geo"
@@ -55,6 +68,15 @@ class GeoConfig(SubnetHashConfig):
     tie_km: float = Field(1.0, ge=0)
 
 
+def intern_sites(sites: frozenset[str]) -> frozenset[str]:
+    """The shared object equal to ``sites``: names with the same sites then share one, so
+    ``_DECISIONS`` keys compare by identity instead of element by element (in memory of each
+    name, likely out of the CPU caches with thousands of names)."""
+    if len(_SITE_SETS) > 10_000:
+        _SITE_SETS.clear()
+    return _SITE_SETS.setdefault(sites, sites)
+
+
 @register
 class GeoPolicy(Policy):
     name = "geo"
@@ -63,14 +85,18 @@ class GeoPolicy(Policy):
 
     def __init__(self, config: GeoConfig, coordinates: Coordinates | None = None) -> None:
         super().__init__(config, coordinates)
-        # Names with the same sites and biases share one distance ranking per location.
+        # Names with the same sites and biases share one distance ranking per location, and
+        # names with the same rules one decision per location and site set.
         profile = (tuple(sorted(self.coordinates.items())), tuple(sorted(config.bias.items())))
         self._profile = _PROFILES.setdefault(profile, profile)
-        # Per candidate tuple (snapshots keep them alive and stable): its site set, and the
-        # decision per client location. Entries hold the tuple itself, so a reused id()
-        # of a dead tuple is never mistaken for it.
-        self._sites_of: dict[int, tuple[Sequence[Endpoint], frozenset[str]]] = {}
-        self._decisions: dict[tuple[int, Location], tuple[Sequence[Endpoint], Sequence[Endpoint]]] = {}
+        rules = (profile, tuple(sorted((k, tuple(v)) for k, v in config.countries.items())),
+                 tuple(sorted((k, tuple(v)) for k, v in config.continents.items())), config.sites, config.tie_km)
+        self._rules = _RULES.setdefault(rules, len(_RULES))
+        # Per candidate tuple (snapshots keep them alive and stable): its site set, and its
+        # endpoints per decision (a handful: one per reachable site for ``sites: 1``). Entries
+        # hold the tuple itself, so a reused id() of a dead tuple is never mistaken for it.
+        self._sites_of: dict[int, tuple[Sequence[Endpoint], frozenset[str],
+                                        dict[Decision, tuple[Endpoint, ...]]]] = {}
 
     def check(self, sites: set[str], endpoint_ids: set[str]) -> list[tuple[tuple[str | int, ...], str]]:
         known = ", ".join(sorted(sites))
@@ -108,33 +134,56 @@ class GeoPolicy(Policy):
     def select(self, candidates: Sequence[Endpoint], sel: Selection) -> Sequence[Endpoint]:
         known = self._sites_of.get(id(candidates))
         if known is None or known[0] is not candidates:
-            known = (candidates, frozenset(ep.site for ep in candidates))
-            if len(self._sites_of) > 10_000:
+            known = (candidates, intern_sites(frozenset(ep.site for ep in candidates)), {})
+            if len(self._sites_of) > 100_000:
                 self._sites_of.clear()
             self._sites_of[id(candidates)] = known
         sites = known[1]
         if len(sites) < 2:
             return candidates
         location = sel.location()
-        if location is not None and sel.trace is None:
-            decided = self._decisions.get((id(candidates), location))
-            if decided is not None and decided[0] is candidates:
-                return decided[1]
-        result, tie = self._decide(candidates, sites, location, sel)
-        if location is not None and not tie and sel.trace is None:
-            if len(self._decisions) > 50_000:
-                self._decisions.clear()
-            self._decisions[(id(candidates), location)] = (candidates, result)
-        return result
-
-    def _decide(self, candidates: Sequence[Endpoint], sites: frozenset[str], location: Location | None,
-                sel: Selection) -> tuple[Sequence[Endpoint], bool]:
-        """The ordered endpoints, and whether a client-subnet tie-break was involved."""
         if location is None:
             preferred = [ep for ep in candidates if ep.site in self.config.default_sites]
             sel.note("geo: client location unknown; "
                      + ("default_sites " + ", ".join(self.config.default_sites) if preferred else "keeping all"))
-            return preferred or candidates, False
+            return preferred or candidates
+        if sel.trace is not None:
+            return self.endpoints(candidates, self._decide(sites, location, sel)[0])
+        decision = self.decision(sites, location, sel)
+        chosen = known[2].get(decision)
+        if chosen is None:
+            chosen = self.endpoints(candidates, decision)
+            if len(known[2]) > 1024:
+                known[2].clear()
+            known[2][decision] = chosen
+        return chosen
+
+    def decision(self, sites: frozenset[str], location: Location, sel: Selection) -> Decision:
+        """Where a located client goes among the usable ``sites`` (at least two; interned with
+        ``intern_sites`` for speed). Memoised across every name with the same rules, unless a
+        client-subnet tie-break was involved (that holds for this subnet only)."""
+        key = (self._rules, sites, location)
+        decision = _DECISIONS.get(key)
+        if decision is None:
+            decision, tie = self._decide(sites, location, sel)
+            if not tie:
+                if len(_DECISIONS) > 100_000:
+                    _DECISIONS.clear()
+                _DECISIONS[key] = decision
+        return decision
+
+    @staticmethod
+    def endpoints(candidates: Sequence[Endpoint], decision: Decision) -> tuple[Endpoint, ...]:
+        """The candidates a decision picks, in its order (never empty: its sites are the
+        candidates' own)."""
+        if isinstance(decision, frozenset):
+            return tuple(ep for ep in candidates if ep.site in decision)
+        order = {site: i for i, site in enumerate(decision)}
+        return tuple(sorted((ep for ep in candidates if ep.site in order), key=lambda ep: order[ep.site]))
+
+    def _decide(self, sites: frozenset[str], location: Location, sel: Selection) -> tuple[Decision, bool]:
+        """The decision for a located client among ``sites`` (the usable ones), and whether a
+        client-subnet tie-break was involved (then it holds for this subnet only)."""
         for code, mapping, what in ((location.country, self.config.countries, "country"),
                                     (location.continent, self.config.continents, "continent")):
             if code is not None and code in mapping:
@@ -145,14 +194,13 @@ class GeoPolicy(Policy):
                     break
         if location.lat is None or location.lon is None:
             sel.note("geo: no coordinates for the client; keeping all preferred sites")
-            return [ep for ep in candidates if ep.site in sites], False
+            return sites, False
         ranked = self._ranked(location, sites)
         chosen, tie = self._closest(ranked, sel)
         if sel.trace is not None:
             sel.note("geo: distances " + ", ".join(f"{s} {d:.0f} km" for d, s in ranked)
                      + f"; chose {', '.join(chosen)}")
-        order = {site: i for i, site in enumerate(chosen)}
-        return sorted((ep for ep in candidates if ep.site in order), key=lambda ep: order[ep.site]), tie
+        return tuple(chosen), tie
 
     def _closest(self, ranked: list[tuple[float, str]], sel: Selection) -> tuple[list[str], bool]:
         want = self.config.sites
