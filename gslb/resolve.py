@@ -271,7 +271,7 @@ def _service_records(
             sel.note(f"answer: CNAME {chosen[0].cname} ({chosen[0].id})")
         else:
             sel.note("answer: " + (", ".join(str(rr.rdata) for rr in out) or "NODATA"))
-    return out, target, sel, tuple(dict.fromkeys(ep.site for ep in chosen))
+    return out, target, sel, _sites_of(chosen)
 
 
 def _located_records(table: ServiceTable, qtype: int, sel: Selection) -> LocatedAnswer | None:
@@ -297,11 +297,16 @@ def _located_records(table: ServiceTable, qtype: int, sel: Selection) -> Located
         if table.spec.answers is not None:
             chosen = chosen[: table.spec.answers]
         records, target = _records_of(table, qtype, chosen)
-        located = LocatedAnswer(tuple(records), target, chosen, tuple(dict.fromkeys(ep.site for ep in chosen)))
+        located = LocatedAnswer(tuple(records), target, chosen, _sites_of(chosen))
         if len(memo) > 1024:
             memo.clear()
         memo[decision] = located
     return located
+
+
+def _sites_of(chosen: Sequence[Endpoint]) -> tuple[str, ...]:
+    """Sites of the chosen endpoints, in order, once each (traffic accounting)."""
+    return tuple(dict.fromkeys(ep.site for ep in chosen))
 
 
 def _records_of(table: ServiceTable, qtype: int, chosen: Sequence[Endpoint]) -> tuple[list[RR], str | None]:
